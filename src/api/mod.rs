@@ -1,0 +1,20 @@
+//! The gRPC surface: generated messages, the customer service handlers, and
+//! the mapping of failures to statuses.
+
+pub mod codec;
+mod convert;
+pub mod error;
+mod service;
+
+pub use service::CustomerApi;
+
+/// Messages, client and server generated from `proto/customers/v1/customer.proto`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("customers.v1");
+
+    /// The encoded descriptors of the proto and everything it imports, for
+    /// server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("customers_descriptor");
+}

@@ -1,0 +1,167 @@
+//! Settings, each a command-line flag and an environment variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::PoolSettings;
+
+/// Command line of the `customer-service` binary.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "gRPC service for the customers of an e-commerce platform"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// What to do; `serve` when none is given.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Apply the database migrations, then exit.
+    Migrate,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for terminals.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Every setting of the service.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// PostgreSQL URL. Without it, the service runs its own PostgreSQL from
+    /// the system's binaries in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Data directory of the embedded PostgreSQL [default:
+    /// $XDG_DATA_HOME/customer-service/postgres, or
+    /// ~/.local/share/customer-service/postgres; as root
+    /// /var/lib/customer-service/postgres].
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Folder with initdb and pg_ctl [default: found on PATH, else the
+    /// newest /usr/lib/postgresql/*/bin].
+    #[arg(long, env = "POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+
+    /// Largest accepted request message, in bytes; larger ones are
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most open database connections.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a call waits for a free database connection before it
+    /// fails with UNAVAILABLE, in milliseconds.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Longest a single SQL statement may run, in milliseconds.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_statement_timeout_ms: u64,
+
+    /// Log line format. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The embedded PostgreSQL's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if nix::unistd::Uid::effective().is_root() {
+            return PathBuf::from("/var/lib/customer-service/postgres");
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("customer-service/postgres")
+    }
+
+    /// Connection pool settings.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+        }
+    }
+
+    /// Settings for a server on `listen_addr` over `database_url`, everything
+    /// else at its default. Used by tests and benchmarks.
+    pub fn for_database(database_url: &str, listen_addr: SocketAddr) -> Self {
+        let mut config = Cli::parse_from(["customer-service"]).config;
+        config.database_url = Some(database_url.to_owned());
+        config.listen_addr = listen_addr;
+        config
+    }
+}
+
+impl fmt::Debug for Config {
+    /// Like a derived Debug, but the database URL (which may hold a
+    /// password) is shown only as set or unset.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("postgres_bin_dir", &self.postgres_bin_dir)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
+            .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_database_password() {
+        let config =
+            Config::for_database("postgres://u:hunter2@db/x", "127.0.0.1:0".parse().unwrap());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_port_50051() {
+        let cli = Cli::try_parse_from(["customer-service"]).unwrap();
+        assert_eq!(cli.config.listen_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(cli.config.max_request_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,30 @@
+//! Validated customer types and the rules that govern them. No I/O here.
+//!
+//! Raw strings from the wire become these types once, at the API boundary,
+//! with every failing field collected in [`Violations`]. Code past that
+//! boundary never re-checks a value.
+
+mod country;
+mod customer;
+mod email;
+mod error;
+mod locale;
+mod metadata;
+mod tax;
+mod text;
+mod update_mask;
+mod violations;
+
+pub use country::CountryCode;
+pub use customer::{
+    AccountScope, AdditionalAddressInfo, Address, Customer, CustomerId, CustomerKind,
+    CustomerPatch, Etag, MAX_SOURCES, Profile, Shipping, Source, SourceId,
+};
+pub use email::EmailAddress;
+pub use error::CustomerError;
+pub use locale::{Locale, SUPPORTED_LOCALES};
+pub use metadata::Metadata;
+pub use tax::{TAX_ID_TYPES, TaxIdentifier};
+pub use text::{bounded_text, identifier};
+pub use update_mask::{Leaf, UpdateMask};
+pub use violations::{FieldViolation, Reason, Violations};

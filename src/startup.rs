@@ -1,0 +1,237 @@
+//! Building and running the server, split so that tests and benchmarks can
+//! start the real thing on port 0 and learn its address before it serves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Code;
+use tonic::codegen::http;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::pb::customer_service_server::CustomerServiceServer;
+use crate::api::{CustomerApi, error, pb};
+use crate::config::Config;
+use crate::store::embedded::EmbeddedPostgres;
+use crate::store::{self, CustomerStore};
+
+/// Largest response message. Larger ones would be refused by a client with
+/// default settings.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// How often health is re-checked against the database.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Name under which the customer service reports its health.
+const SERVICE_NAME: &str = "customers.v1.CustomerService";
+
+/// A server that is bound and migrated but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+    max_request_bytes: usize,
+}
+
+impl Application {
+    /// Starts the embedded PostgreSQL when no database URL is configured,
+    /// opens the pool, applies migrations and binds the listen address.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let (url, embedded) = database(config).await?;
+        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
+        let prepared = async {
+            store::migrate(&pool)
+                .await
+                .context("applying database migrations")?;
+            TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| format!("binding {}", config.listen_addr))
+        };
+        let listener = match prepared.await {
+            Ok(listener) => listener,
+            Err(error) => {
+                stop_embedded(embedded).await;
+                return Err(error);
+            }
+        };
+        Ok(Self {
+            listener,
+            pool,
+            embedded,
+            max_request_bytes: config.max_request_bytes,
+        })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes. Then health turns NOT_SERVING, new
+    /// connections are refused, in-flight calls finish, and the embedded
+    /// PostgreSQL (if any) is stopped last.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            pool,
+            embedded,
+            max_request_bytes,
+        } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let monitor = tokio::spawn(watch_database(pool.clone(), reporter.clone(), stopping_rx));
+
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let customers =
+            CustomerServiceServer::new(CustomerApi::new(CustomerStore::new(pool.clone())))
+                .max_decoding_message_size(max_request_bytes)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        let served = Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_is_resource_exhausted,
+            ))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(customers)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                shutdown.await;
+                tracing::info!("shutting down: finishing in-flight calls");
+                let _ = stopping_tx.send(true);
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                reporter
+                    .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                    .await;
+            })
+            .await;
+
+        let _ = monitor.await;
+        pool.close().await;
+        stop_embedded(embedded).await;
+        served.context("gRPC server failed")
+    }
+}
+
+/// Applies the migrations and exits: the `migrate` subcommand, for
+/// deployments that migrate once per rollout rather than at every start.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let (url, embedded) = database(config).await?;
+    let result = async {
+        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
+        store::migrate(&pool)
+            .await
+            .context("applying database migrations")?;
+        pool.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    stop_embedded(embedded).await;
+    tracing::info!("migrations applied");
+    result
+}
+
+/// Server reflection over everything this server speaks: both reflection
+/// versions list every service (health included), and the google.rpc error
+/// details are resolvable so that grpcurl can print them.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The database URL to use, starting the embedded server when none is set.
+async fn database(config: &Config) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if let Some(url) = &config.database_url {
+        return Ok((url.clone(), None));
+    }
+    let data_dir = config.data_dir();
+    let bin_dir = config.postgres_bin_dir.clone();
+    let embedded =
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, bin_dir.as_deref()))
+            .await?
+            .context("starting the embedded PostgreSQL")?;
+    Ok((embedded.url().to_owned(), Some(embedded)))
+}
+
+async fn stop_embedded(embedded: Option<EmbeddedPostgres>) {
+    if let Some(embedded) = embedded {
+        match tokio::task::spawn_blocking(move || embedded.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "stopping the embedded PostgreSQL failed"),
+            Err(error) => tracing::error!(%error, "stopping the embedded PostgreSQL panicked"),
+        }
+    }
+}
+
+/// Keeps the health status in step with the database: SERVING only while a
+/// trivial query succeeds. Stops (leaving NOT_SERVING) at shutdown.
+async fn watch_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let ping = sqlx::query("SELECT 1").execute(&pool);
+        let up = matches!(tokio::time::timeout(HEALTH_INTERVAL, ping).await, Ok(Ok(_)));
+        if *stopping.borrow() {
+            return;
+        }
+        if last != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            if up {
+                tracing::info!("database reachable: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            last = Some(up);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// tonic refuses a request message over the size limit with OUT_OF_RANGE
+/// before any handler runs; the contract calls that RESOURCE_EXHAUSTED with
+/// an ErrorInfo. No handler of ours answers OUT_OF_RANGE, so the rewrite
+/// cannot catch anything else.
+fn oversized_is_resource_exhausted<B: Default>(response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
+    {
+        let status = error::status(
+            Code::ResourceExhausted,
+            "the request is larger than the server accepts",
+            "REQUEST_TOO_LARGE",
+        );
+        return status.into_http();
+    }
+    response
+}
