@@ -50,7 +50,7 @@ impl Metadata {
         // passed its own checks.
         let key_field = format!("{field}.key");
         let key = if key.is_empty() {
-            violations.add(&key_field, Reason::Required, "must not be empty");
+            violations.add(&key_field, Reason::InvalidFormat, "must not be empty");
             None
         } else {
             bounded_text(&key_field, key, MAX_KEY_CHARS, violations)

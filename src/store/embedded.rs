@@ -132,8 +132,16 @@ impl EmbeddedPostgres {
     }
 
     fn stop_server(&self) -> Result<(), EmbeddedError> {
+        if !self.is_running() {
+            return Ok(());
+        }
         let output = self.pg_ctl(&["stop", "--wait", "--mode=fast"])?;
         check(&output, "pg_ctl stop")
+    }
+
+    fn is_running(&self) -> bool {
+        self.pg_ctl(&["status"])
+            .is_ok_and(|output| output.status.success())
     }
 
     /// Creates the cluster: UTF-8, password authentication for every
@@ -205,7 +213,13 @@ impl EmbeddedPostgres {
     /// Runs one of the server's programs, as the unprivileged user if any.
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, EmbeddedError> {
         let mut command = Command::new(self.bin_dir.join(program));
-        command.args(args).env("LC_ALL", "C").env_remove("PGDATA");
+        // A process group of its own: a Ctrl-C in the terminal reaches the
+        // service, which then stops PostgreSQL in order, after the last call.
+        command
+            .args(args)
+            .env("LC_ALL", "C")
+            .env_remove("PGDATA")
+            .process_group(0);
         if let Some(user) = &self.run_as {
             // The child cannot read a root-only working directory.
             command
@@ -224,7 +238,14 @@ fn check(output: &Output, command: &str) -> Result<(), EmbeddedError> {
     if output.status.success() {
         return Ok(());
     }
-    let detail = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let detail = if stderr.trim().is_empty() {
+        stdout.trim()
+    } else {
+        stderr.trim()
+    }
+    .to_owned();
     Err(EmbeddedError::Command {
         command: command.to_owned(),
         detail,

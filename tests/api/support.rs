@@ -1,0 +1,248 @@
+//! A real server over a real PostgreSQL for every test.
+//!
+//! One PostgreSQL per test process, started from the system's binaries in a
+//! temporary directory (as an unprivileged user when the tests run as root);
+//! each test gets a fresh database in it and its own server on port 0.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+
+use std::sync::OnceLock;
+
+use customers::api::pb::customer_service_client::CustomerServiceClient;
+use customers::api::pb::{self, CreateCustomerRequest};
+use customers::config::Config;
+use customers::startup::Application;
+use customers::store::embedded::EmbeddedPostgres;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The shared server: its URL without a database name, and its data folder.
+struct SharedPostgres {
+    base_url: String,
+}
+
+static POSTGRES: OnceLock<SharedPostgres> = OnceLock::new();
+
+/// Starts the process-wide PostgreSQL on first use. A watchdog shell stops
+/// it (immediate mode) and deletes its folder once this process exits, since
+/// Rust runs no destructors for statics.
+fn shared_postgres() -> &'static SharedPostgres {
+    POSTGRES.get_or_init(|| {
+        let root = tempfile::Builder::new()
+            .prefix("customers-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = root.join("pgdata");
+        let server =
+            EmbeddedPostgres::start(&data_dir, None).expect("starting the test PostgreSQL");
+        spawn_watchdog(&root, &data_dir);
+        let url = server.url();
+        let base_url = url[..url.rfind('/').unwrap()].to_owned();
+        std::mem::forget(server);
+        SharedPostgres { base_url }
+    })
+}
+
+// The watchdog must outlive this process, so it is never waited for.
+#[allow(clippy::zombie_processes)]
+fn spawn_watchdog(root: &std::path::Path, data_dir: &std::path::Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         kill -QUIT $(head -n 1 '{data}/postmaster.pid') 2>/dev/null; sleep 1; rm -rf '{root}'",
+        pid = std::process::id(),
+        data = data_dir.display(),
+        root = root.display(),
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the PostgreSQL watchdog");
+}
+
+/// A fresh, empty database on the shared server; returns its URL.
+pub async fn fresh_database() -> String {
+    let base = &shared_postgres().base_url;
+    let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    format!("{base}/{name}")
+}
+
+/// A running server and what a test needs to talk to it and look behind it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: CustomerServiceClient<Channel>,
+    /// A direct connection to the service's database, to check rows.
+    pub db: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// A server with default settings over a fresh database.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose settings `adjust` changes first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let database_url = fresh_database().await;
+        let mut config = Config::for_database(&database_url, "127.0.0.1:0".parse().unwrap());
+        adjust(&mut config);
+        let app = Application::build(&config)
+            .await
+            .expect("building the server");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        TestApp {
+            addr,
+            client: CustomerServiceClient::new(channel),
+            db: PgPool::connect(&database_url).await.unwrap(),
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates `customer` and returns the stored result.
+    pub async fn create(&self, customer: pb::Customer) -> pb::Customer {
+        self.client
+            .clone()
+            .create_customer(CreateCustomerRequest {
+                customer: Some(customer),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create succeeds")
+            .into_inner()
+    }
+
+    /// How many customers the database holds.
+    pub async fn customer_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM customers")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+/// The (field, reason) pairs of a status's BadRequest, in order.
+pub fn violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ErrorInfo reason of a status, checking its domain.
+pub fn reason(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "customers.v1");
+    info.reason
+}
+
+/// Asserts the code and ErrorInfo reason of an error.
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, expected_reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(status), expected_reason, "{status:?}");
+}
+
+/// A customer with every writable field set to distinctive, valid values.
+pub fn full_customer(id: &str) -> pb::Customer {
+    pb::Customer {
+        id: id.to_owned(),
+        email: Some("Hanako.Yamada@example.jp".to_owned()),
+        shipping: Some(pb::Shipping {
+            name: Some("山田 花子".to_owned()),
+            phone: Some("+81 3-1234-5678".to_owned()),
+            email: Some("shipping@example.jp".to_owned()),
+            organization: Some("株式会社みなと".to_owned()),
+            address: Some(pb::Address {
+                line1: Some("千代田1-1".to_owned()),
+                line2: Some("3F".to_owned()),
+                city: Some("千代田区".to_owned()),
+                postal_code: Some("100-0001".to_owned()),
+                state: Some("東京都".to_owned()),
+                country: Some("JP".to_owned()),
+            }),
+            additional_address_info: Some(pb::AdditionalAddressInfo {
+                neighborhood: Some("丸の内".to_owned()),
+                division: Some("千代田".to_owned()),
+                phonetic_name: Some("ヤマダ ハナコ".to_owned()),
+            }),
+        }),
+        default_source_id: None,
+        sources: vec![],
+        tax_identifiers: vec![
+            pb::TaxIdentifier {
+                r#type: "jp_cn".to_owned(),
+                value: "1234567890123".to_owned(),
+            },
+            pb::TaxIdentifier {
+                r#type: "eu_vat".to_owned(),
+                value: "de 123.456-788".to_owned(),
+            },
+        ],
+        locale: Some("ja_JP".to_owned()),
+        r#type: pb::CustomerType::Business as i32,
+        enabled: Some(false),
+        request_to_be_forgotten: None,
+        metadata: [
+            ("crm".to_owned(), "42".to_owned()),
+            ("tier".to_owned(), "gold".to_owned()),
+        ]
+        .into(),
+        live_mode: false,
+        create_time: None,
+        update_time: None,
+        etag: String::new(),
+    }
+}
