@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     pub db_statement_timeout_ms: u64,
 
+    /// Secret that signs ListCustomers page tokens; every replica needs the
+    /// same one. Unset: a random key per process, so tokens do not survive
+    /// a restart.
+    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<String>,
+
     /// Log line format. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -114,6 +120,14 @@ impl Config {
         }
     }
 
+    /// The key that signs page tokens.
+    pub fn page_token_key(&self) -> Vec<u8> {
+        match &self.page_token_key {
+            Some(key) => key.as_bytes().to_vec(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        }
+    }
+
     /// Settings for a server on `listen_addr` over `database_url`, everything
     /// else at its default. Used by tests and benchmarks.
     pub fn for_database(database_url: &str, listen_addr: SocketAddr) -> Self {
@@ -140,6 +154,10 @@ impl fmt::Debug for Config {
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
             .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
+            .field(
+                "page_token_key",
+                &self.page_token_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::customer_service_server::CustomerServiceServer;
-use crate::api::{CustomerApi, error, pb};
+use crate::api::{CustomerApi, PageTokens, error, pb};
 use crate::config::Config;
 use crate::store::embedded::EmbeddedPostgres;
 use crate::store::{self, CustomerStore};
@@ -36,6 +36,7 @@ pub struct Application {
     pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
     max_request_bytes: usize,
+    tokens: PageTokens,
 }
 
 impl Application {
@@ -59,11 +60,18 @@ impl Application {
                 return Err(error);
             }
         };
+        if config.page_token_key.is_none() {
+            tracing::info!(
+                "PAGE_TOKEN_KEY unset: page tokens are signed with a random key of this process"
+            );
+        }
+        let tokens = PageTokens::new(&config.page_token_key());
         Ok(Self {
             listener,
             pool,
             embedded,
             max_request_bytes: config.max_request_bytes,
+            tokens,
         })
     }
 
@@ -83,6 +91,7 @@ impl Application {
             pool,
             embedded,
             max_request_bytes,
+            tokens,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -91,7 +100,7 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let customers =
-            CustomerServiceServer::new(CustomerApi::new(CustomerStore::new(pool.clone())))
+            CustomerServiceServer::new(CustomerApi::new(CustomerStore::new(pool.clone()), tokens))
                 .max_decoding_message_size(max_request_bytes)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
 

@@ -365,3 +365,27 @@ pub fn timestamp(time: OffsetDateTime) -> Timestamp {
         nanos: time.nanosecond() as i32,
     }
 }
+/// Parses a protobuf timestamp; it must lie in years 1..=9999 with nanos in
+/// range.
+pub fn parse_timestamp(
+    field: &str,
+    value: &Timestamp,
+    violations: &mut Violations,
+) -> Option<OffsetDateTime> {
+    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let in_range = (MIN_SECONDS..=MAX_SECONDS).contains(&value.seconds)
+        && (0..1_000_000_000).contains(&value.nanos);
+    let time = in_range
+        .then(|| OffsetDateTime::from_unix_timestamp(value.seconds).ok())
+        .flatten()
+        .and_then(|t| t.replace_nanosecond(value.nanos as u32).ok());
+    if time.is_none() {
+        violations.add(
+            field,
+            Reason::OutOfRange,
+            "must be a valid time between years 1 and 9999",
+        );
+    }
+    time
+}

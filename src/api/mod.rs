@@ -4,8 +4,10 @@
 pub mod codec;
 mod convert;
 pub mod error;
+mod page_token;
 mod service;
 
+pub use page_token::PageTokens;
 pub use service::CustomerApi;
 
 /// Messages, client and server generated from `proto/customers/v1/customer.proto`.

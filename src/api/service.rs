@@ -1,16 +1,27 @@
 //! Handlers of `customers.v1.CustomerService`: parse the request into domain
 //! values (collecting every violation), call the store, convert the result.
 
-use tonic::{Code, Request, Response, Status};
+use prost::Message;
+use tonic::{Request, Response, Status};
 
-use super::convert::{customer_to_proto, masked, parse_id, parse_profile, resolve_mask};
-use super::error::{invalid_argument, status};
+use super::convert::{
+    customer_to_proto, masked, parse_id, parse_profile, parse_timestamp, resolve_mask,
+};
+use super::error::invalid_argument;
+use super::page_token::PageTokens;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::domain::{
-    AccountScope, CustomerError, CustomerId, CustomerPatch, Etag, Leaf, Reason, Violations,
+    AccountScope, Cursor, CustomerError, CustomerId, CustomerPatch, DEFAULT_PAGE_SIZE, Etag, Leaf,
+    ListFilter, ListQuery, MAX_IDS_FILTER, MAX_PAGE_SIZE, Reason, SourceId, Violations,
     bounded_text,
 };
 use crate::store::CustomerStore;
+
+/// Largest encoded ListCustomersResponse we send: below the 4 MiB that
+/// clients accept by default, with room for framing.
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+/// Longest email filter, as for stored emails.
+const MAX_EMAIL_FILTER_CHARS: usize = 254;
 
 /// Longest request_id of CreateCustomer.
 const MAX_REQUEST_ID_CHARS: usize = 64;
@@ -19,31 +30,124 @@ const MAX_REQUEST_ID_CHARS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct CustomerApi {
     store: CustomerStore,
+    tokens: PageTokens,
     /// The owner of every row until API keys say otherwise.
     scope: AccountScope,
 }
 
 impl CustomerApi {
-    /// A service that acts for the default account.
-    pub fn new(store: CustomerStore) -> Self {
+    /// A service that acts for the default account and signs page tokens
+    /// with `tokens`.
+    pub fn new(store: CustomerStore, tokens: PageTokens) -> Self {
         Self {
             store,
+            tokens,
             scope: AccountScope::default_account(),
         }
     }
+
+    /// Parses the filters, size and position of a ListCustomers request.
+    fn parse_list(&self, request: &pb::ListCustomersRequest) -> Result<ListQuery, Status> {
+        let mut violations = Violations::new();
+        let page_size = match usize::try_from(request.page_size) {
+            Err(_) => {
+                violations.add("page_size", Reason::OutOfRange, "must not be negative");
+                0
+            }
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(size) => size.min(MAX_PAGE_SIZE),
+        };
+        let email_folded = (!request.email.is_empty())
+            .then(|| {
+                bounded_text(
+                    "email",
+                    &request.email,
+                    MAX_EMAIL_FILTER_CHARS,
+                    &mut violations,
+                )
+            })
+            .flatten()
+            .map(|email| email.to_lowercase());
+        let created_after = request
+            .created_after
+            .as_ref()
+            .and_then(|t| parse_timestamp("created_after", t, &mut violations));
+        let created_before = request
+            .created_before
+            .as_ref()
+            .and_then(|t| parse_timestamp("created_before", t, &mut violations));
+        if let (Some(after), Some(before)) = (created_after, created_before)
+            && after > before
+        {
+            violations.add(
+                "created_after",
+                Reason::OutOfRange,
+                "must not be later than created_before",
+            );
+        }
+        let ids = if request.ids.len() > MAX_IDS_FILTER {
+            violations.add(
+                "ids",
+                Reason::TooMany,
+                format!("must have at most {MAX_IDS_FILTER} entries"),
+            );
+            None
+        } else {
+            let mut ids: Vec<CustomerId> = request
+                .ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| parse_id(&format!("ids[{i}]"), id, &mut violations))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            (!ids.is_empty()).then_some(ids)
+        };
+        let filter = ListFilter {
+            email_folded,
+            created_after,
+            created_before,
+            ids,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let cursor = self
+                .tokens
+                .verify(&self.scope, &filter, &request.page_token);
+            if cursor.is_none() {
+                violations.add(
+                    "page_token",
+                    Reason::InvalidFormat,
+                    "is not a token this server issued for these filters",
+                );
+            }
+            cursor
+        };
+        check(violations)?;
+        Ok(ListQuery {
+            filter,
+            page_size,
+            after,
+        })
+    }
+}
+
+/// Parses the customer and source ids of AttachSource and DetachSource.
+fn parse_source_request(
+    customer_id: &str,
+    source_id: &str,
+) -> Result<(CustomerId, SourceId), Status> {
+    let mut violations = Violations::new();
+    let customer = parse_id("customer_id", customer_id, &mut violations);
+    let source = SourceId::parse("source_id", source_id, &mut violations);
+    check(violations)?;
+    Ok((customer.expect("valid"), source.expect("valid")))
 }
 
 /// Fails with INVALID_ARGUMENT when anything was rejected.
 fn check(violations: Violations) -> Result<(), Status> {
     violations.into_result(()).map_err(invalid_argument)
-}
-
-fn not_yet(rpc: &str) -> Status {
-    status(
-        Code::Unimplemented,
-        &format!("{rpc} is not implemented yet"),
-        "NOT_IMPLEMENTED",
-    )
 }
 
 #[tonic::async_trait]
@@ -151,31 +255,86 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(customer_to_proto(updated)))
     }
 
+    #[tracing::instrument(name = "ListCustomers", skip_all, fields(count))]
     async fn list_customers(
         &self,
-        _request: Request<pb::ListCustomersRequest>,
+        request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
-        Err(not_yet("ListCustomers"))
+        let query = self.parse_list(request.get_ref())?;
+        let rows = self.store.list(&self.scope, &query).await?;
+
+        let mut more = rows.len() > query.page_size;
+        let mut customers = Vec::with_capacity(query.page_size.min(rows.len()));
+        let mut bytes = 0;
+        let mut last: Option<Cursor> = None;
+        for customer in rows.into_iter().take(query.page_size) {
+            let cursor = Cursor {
+                create_time: customer.create_time,
+                id: customer.id.clone(),
+            };
+            let message = customer_to_proto(customer);
+            // Tag and length prefix of the repeated field: at most 6 bytes.
+            let size = message.encoded_len() + 6;
+            if !customers.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += size;
+            customers.push(message);
+            last = Some(cursor);
+        }
+        let next_page_token = match (more, last) {
+            (true, Some(cursor)) => self.tokens.issue(&self.scope, &query.filter, &cursor),
+            _ => String::new(),
+        };
+        tracing::Span::current().record("count", customers.len());
+        Ok(Response::new(pb::ListCustomersResponse {
+            customers,
+            next_page_token,
+        }))
     }
 
+    #[tracing::instrument(name = "DeleteCustomer", skip_all, fields(customer_id))]
     async fn delete_customer(
         &self,
-        _request: Request<pb::DeleteCustomerRequest>,
+        request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(not_yet("DeleteCustomer"))
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_id("id", &request.id, &mut violations);
+        check(violations)?;
+        let id = id.expect("a valid request has an id");
+        tracing::Span::current().record("customer_id", id.as_str());
+
+        let etag = (!request.etag.is_empty()).then(|| Etag::from_trusted(request.etag));
+        self.store.delete(&self.scope, &id, etag.as_ref()).await?;
+        tracing::debug!("customer deleted");
+        Ok(Response::new(()))
     }
 
+    #[tracing::instrument(name = "AttachSource", skip_all, fields(customer_id))]
     async fn attach_source(
         &self,
-        _request: Request<pb::AttachSourceRequest>,
+        request: Request<pb::AttachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        Err(not_yet("AttachSource"))
+        let request = request.into_inner();
+        let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
+        tracing::Span::current().record("customer_id", id.as_str());
+
+        let customer = self.store.attach_source(&self.scope, &id, &source).await?;
+        Ok(Response::new(customer_to_proto(customer)))
     }
 
+    #[tracing::instrument(name = "DetachSource", skip_all, fields(customer_id))]
     async fn detach_source(
         &self,
-        _request: Request<pb::DetachSourceRequest>,
+        request: Request<pb::DetachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        Err(not_yet("DetachSource"))
+        let request = request.into_inner();
+        let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
+        tracing::Span::current().record("customer_id", id.as_str());
+
+        let customer = self.store.detach_source(&self.scope, &id, &source).await?;
+        Ok(Response::new(customer_to_proto(customer)))
     }
 }

@@ -293,6 +293,44 @@ impl Customer {
         }
     }
 
+    /// Whether `source` may be attached: `Ok(false)` when it is attached
+    /// already (attaching again changes nothing).
+    pub fn can_attach(&self, source: &SourceId) -> Result<bool, CustomerError> {
+        if self.forgotten {
+            return Err(CustomerError::Forgotten);
+        }
+        if self.sources.iter().any(|s| &s.id == source) {
+            return Ok(false);
+        }
+        if self.sources.len() >= MAX_SOURCES {
+            return Err(CustomerError::TooManySources);
+        }
+        Ok(true)
+    }
+
+    /// Adds a source checked with [`Customer::can_attach`]. The first source
+    /// of a customer without a default becomes the default.
+    pub fn attach(&mut self, source: Source) {
+        if self.profile.default_source_id.is_none() {
+            self.profile.default_source_id = Some(source.id.clone());
+        }
+        self.sources.push(source);
+    }
+
+    /// Removes a source; when it was the default, there is no default after.
+    pub fn detach(&mut self, source: &SourceId) -> Result<(), CustomerError> {
+        let index = self
+            .sources
+            .iter()
+            .position(|s| &s.id == source)
+            .ok_or(CustomerError::SourceNotFound)?;
+        self.sources.remove(index);
+        if self.profile.default_source_id.as_ref() == Some(source) {
+            self.profile.default_source_id = None;
+        }
+        Ok(())
+    }
+
     /// Erases every piece of personal data: what remains is the id, the
     /// type, the timestamps, the mode and the fact that it was erased.
     pub fn forget(&mut self) {
@@ -375,6 +413,65 @@ mod tests {
         };
         assert_eq!(customer.profile, expected);
         assert!(customer.sources.is_empty() && customer.forgotten);
+    }
+
+    fn source(id: &str) -> Source {
+        Source {
+            id: SourceId::from_trusted(id.into()),
+            attach_time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn empty_customer() -> Customer {
+        Customer {
+            id: CustomerId::generate(),
+            profile: Profile::default(),
+            sources: Vec::new(),
+            forgotten: false,
+            live_mode: false,
+            create_time: OffsetDateTime::UNIX_EPOCH,
+            update_time: OffsetDateTime::UNIX_EPOCH,
+            etag: Etag::generate(),
+        }
+    }
+
+    #[test]
+    fn the_first_source_becomes_the_default_and_detaching_it_clears_the_default() {
+        let mut customer = empty_customer();
+        customer.attach(source("a"));
+        customer.attach(source("b"));
+        assert_eq!(
+            customer.profile.default_source_id,
+            Some(SourceId::from_trusted("a".into()))
+        );
+
+        customer
+            .detach(&SourceId::from_trusted("a".into()))
+            .unwrap();
+
+        assert_eq!(customer.profile.default_source_id, None);
+        assert_eq!(customer.sources.len(), 1);
+    }
+
+    #[test]
+    fn attaching_is_a_no_op_when_attached_and_refused_beyond_the_limit() {
+        let mut customer = empty_customer();
+        for i in 0..MAX_SOURCES {
+            customer.attach(source(&format!("s{i}")));
+        }
+        assert!(
+            !customer
+                .can_attach(&SourceId::from_trusted("s0".into()))
+                .unwrap()
+        );
+        assert!(matches!(
+            customer.can_attach(&SourceId::from_trusted("new".into())),
+            Err(CustomerError::TooManySources)
+        ));
+        assert!(matches!(
+            customer.detach(&SourceId::from_trusted("nope".into())),
+            Err(CustomerError::SourceNotFound)
+        ));
     }
 
     #[test]

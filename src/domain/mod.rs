@@ -8,6 +8,7 @@ mod country;
 mod customer;
 mod email;
 mod error;
+mod listing;
 mod locale;
 mod metadata;
 mod tax;
@@ -22,6 +23,9 @@ pub use customer::{
 };
 pub use email::EmailAddress;
 pub use error::CustomerError;
+pub use listing::{
+    Cursor, DEFAULT_PAGE_SIZE, ListFilter, ListQuery, MAX_IDS_FILTER, MAX_PAGE_SIZE,
+};
 pub use locale::{Locale, SUPPORTED_LOCALES};
 pub use metadata::Metadata;
 pub use tax::{TAX_ID_TYPES, TaxIdentifier};

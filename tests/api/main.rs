@@ -2,7 +2,11 @@
 //! real server and a real PostgreSQL.
 
 mod create;
+mod delete;
+mod erasure;
 mod get;
+mod list;
+mod sources;
 mod support;
 mod surface;
 mod update;
