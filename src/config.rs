@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Most calls served at once; beyond it calls are refused at once with
+    /// RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64)]
+    pub max_concurrent_calls: usize,
+
     /// Most open database connections.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -151,6 +156,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("postgres_bin_dir", &self.postgres_bin_dir)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
             .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)

@@ -9,12 +9,17 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 use tonic::codegen::http;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::BoxError;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::load_shed::error::Overloaded;
+use tower::util::MapResultLayer;
 
 use crate::api::pb::customer_service_server::CustomerServiceServer;
 use crate::api::{CustomerApi, PageTokens, error, pb};
@@ -27,6 +32,8 @@ use crate::store::{self, CustomerStore};
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// How often health is re-checked against the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired idempotency records are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// Name under which the customer service reports its health.
 const SERVICE_NAME: &str = "customers.v1.CustomerService";
 
@@ -36,6 +43,7 @@ pub struct Application {
     pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
     max_request_bytes: usize,
+    max_concurrent_calls: usize,
     tokens: PageTokens,
 }
 
@@ -71,6 +79,7 @@ impl Application {
             pool,
             embedded,
             max_request_bytes: config.max_request_bytes,
+            max_concurrent_calls: config.max_concurrent_calls,
             tokens,
         })
     }
@@ -91,11 +100,20 @@ impl Application {
             pool,
             embedded,
             max_request_bytes,
+            max_concurrent_calls,
             tokens,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
-        let monitor = tokio::spawn(watch_database(pool.clone(), reporter.clone(), stopping_rx));
+        let monitor = tokio::spawn(watch_database(
+            pool.clone(),
+            reporter.clone(),
+            stopping_rx.clone(),
+        ));
+        let purger = tokio::spawn(purge_expired_requests(
+            CustomerStore::new(pool.clone()),
+            stopping_rx,
+        ));
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -105,15 +123,20 @@ impl Application {
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
         tracing::info!(addr = %listener.local_addr()?, "serving");
+        // Without TCP_NODELAY a reply waits for the client's delayed ACK
+        // (tens of milliseconds) whenever it spans several segments.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = Server::builder()
-            .layer(tower::util::MapResponseLayer::new(
-                oversized_is_resource_exhausted,
-            ))
+            // Outermost first: contract statuses for what the layers below
+            // refuse; refusal instead of queueing beyond the call limit.
+            .layer(MapResultLayer::new(contract_errors))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(max_concurrent_calls))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(customers)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 tracing::info!("shutting down: finishing in-flight calls");
                 let _ = stopping_tx.send(true);
@@ -127,6 +150,7 @@ impl Application {
             .await;
 
         let _ = monitor.await;
+        let _ = purger.await;
         pool.close().await;
         stop_embedded(embedded).await;
         served.context("gRPC server failed")
@@ -224,23 +248,53 @@ async fn watch_database(
     }
 }
 
-/// tonic refuses a request message over the size limit with OUT_OF_RANGE
-/// before any handler runs; the contract calls that RESOURCE_EXHAUSTED with
-/// an ErrorInfo. No handler of ours answers OUT_OF_RANGE, so the rewrite
-/// cannot catch anything else.
-fn oversized_is_resource_exhausted<B: Default>(response: http::Response<B>) -> http::Response<B> {
-    let out_of_range = (Code::OutOfRange as i32).to_string();
-    if response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
-    {
-        let status = error::status(
+/// Gives what the server's layers refuse the contract's statuses, each with
+/// an ErrorInfo:
+/// - a call beyond the concurrency limit: RESOURCE_EXHAUSTED, `OVERLOADED`;
+/// - a request message over the size limit, which tonic refuses with
+///   OUT_OF_RANGE before any handler runs: RESOURCE_EXHAUSTED,
+///   `REQUEST_TOO_LARGE`. No handler of ours answers OUT_OF_RANGE, so the
+///   rewrite cannot catch anything else.
+fn contract_errors<B: Default>(
+    result: Result<http::Response<B>, BoxError>,
+) -> Result<http::Response<B>, BoxError> {
+    match result {
+        Err(error) if error.is::<Overloaded>() => Ok(error::status(
+            Code::ResourceExhausted,
+            "the server is at its limit of concurrent calls; retry with backoff",
+            "OVERLOADED",
+        )
+        .into_http()),
+        Ok(response) if is_status(&response, Code::OutOfRange) => Ok(error::status(
             Code::ResourceExhausted,
             "the request is larger than the server accepts",
             "REQUEST_TOO_LARGE",
-        );
-        return status.into_http();
+        )
+        .into_http()),
+        other => other,
     }
+}
+
+fn is_status<B>(response: &http::Response<B>, code: Code) -> bool {
+    let code = (code as i32).to_string();
     response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == code.as_bytes())
+}
+
+/// Deletes expired idempotency records every few minutes until shutdown.
+/// Runs beside the requests, never in their path.
+async fn purge_expired_requests(store: CustomerStore, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = stopping.changed() => return,
+        }
+        match store.purge_expired_requests().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "purged expired idempotency records"),
+            Err(error) => tracing::warn!(%error, "purging idempotency records failed"),
+        }
+    }
 }

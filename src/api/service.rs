@@ -11,9 +11,9 @@ use super::error::invalid_argument;
 use super::page_token::PageTokens;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::domain::{
-    AccountScope, Cursor, CustomerError, CustomerId, CustomerPatch, DEFAULT_PAGE_SIZE, Etag, Leaf,
-    ListFilter, ListQuery, MAX_IDS_FILTER, MAX_PAGE_SIZE, Reason, SourceId, Violations,
-    bounded_text,
+    AccountScope, Cursor, CustomerError, CustomerId, CustomerPatch, DEFAULT_PAGE_SIZE, Etag,
+    IdempotencyKey, Leaf, ListFilter, ListQuery, MAX_IDS_FILTER, MAX_PAGE_SIZE, Reason, SourceId,
+    Violations, bounded_text,
 };
 use crate::store::CustomerStore;
 
@@ -188,7 +188,14 @@ impl CustomerService for CustomerApi {
         if profile.default_source_id.is_some() {
             return Err(CustomerError::SourceNotAttached.into());
         }
-        let created = self.store.insert(&self.scope, &id, &profile).await?;
+        let key = (!request.request_id.is_empty()).then(|| {
+            let requested = (!customer.id.is_empty()).then_some(&id);
+            IdempotencyKey::new(&self.scope, &request.request_id, requested, &profile)
+        });
+        let created = self
+            .store
+            .insert(&self.scope, &id, &profile, key.as_ref())
+            .await?;
         tracing::debug!("customer created");
         Ok(Response::new(customer_to_proto(created)))
     }

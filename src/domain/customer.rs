@@ -114,7 +114,7 @@ impl Etag {
 }
 
 /// Whether the customer is a person or a business.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub enum CustomerKind {
     #[default]
     Individual,
@@ -167,7 +167,7 @@ pub struct Shipping {
 }
 
 /// Every field of a customer that a client writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Profile {
     pub email: Option<EmailAddress>,
     pub shipping: Shipping,
@@ -248,6 +248,48 @@ impl Profile {
         self.metadata
             .check_size("customer.metadata", &mut violations);
         violations.into_result(())
+    }
+}
+
+/// A client's `request_id` for a create, with a fingerprint of what that
+/// create asked for, so that a retry can be told from a different request
+/// that reuses the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub request_id: String,
+    /// SHA-256 over the request id, the owner, the requested customer id
+    /// (empty when generated) and the parsed profile. Salted by the first
+    /// two, so equal requests of different callers do not look alike.
+    pub fingerprint: Vec<u8>,
+}
+
+impl IdempotencyKey {
+    /// The key of a create of `profile` under `requested_id`.
+    pub fn new(
+        scope: &AccountScope,
+        request_id: &str,
+        requested_id: Option<&CustomerId>,
+        profile: &Profile,
+    ) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [
+            request_id,
+            &scope.account_id,
+            if scope.live_mode { "live" } else { "test" },
+            requested_id.map(CustomerId::as_str).unwrap_or(""),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        // Serialisation is deterministic: struct fields in declaration
+        // order, metadata in key order.
+        let profile = serde_json::to_vec(profile).expect("a profile always serialises");
+        hasher.update(&profile);
+        Self {
+            request_id: request_id.to_owned(),
+            fingerprint: hasher.finalize().to_vec(),
+        }
     }
 }
 
@@ -472,6 +514,30 @@ mod tests {
             customer.detach(&SourceId::from_trusted("nope".into())),
             Err(CustomerError::SourceNotFound)
         ));
+    }
+
+    #[test]
+    fn fingerprints_differ_with_any_part_of_the_request() {
+        let scope = AccountScope::default_account();
+        let id = CustomerId::from_trusted("cus_1".into());
+        let base = IdempotencyKey::new(&scope, "r1", Some(&id), &profile_with_name("Ada"));
+        let same = IdempotencyKey::new(&scope, "r1", Some(&id), &profile_with_name("Ada"));
+        assert_eq!(base, same);
+        for other in [
+            IdempotencyKey::new(&scope, "r1", Some(&id), &profile_with_name("Eve")),
+            IdempotencyKey::new(&scope, "r1", None, &profile_with_name("Ada")),
+            IdempotencyKey::new(
+                &AccountScope {
+                    live_mode: true,
+                    ..scope.clone()
+                },
+                "r1",
+                Some(&id),
+                &profile_with_name("Ada"),
+            ),
+        ] {
+            assert_ne!(base.fingerprint, other.fingerprint);
+        }
     }
 
     #[test]

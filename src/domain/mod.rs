@@ -19,7 +19,7 @@ mod violations;
 pub use country::CountryCode;
 pub use customer::{
     AccountScope, AdditionalAddressInfo, Address, Customer, CustomerId, CustomerKind,
-    CustomerPatch, Etag, MAX_SOURCES, Profile, Shipping, Source, SourceId,
+    CustomerPatch, Etag, IdempotencyKey, MAX_SOURCES, Profile, Shipping, Source, SourceId,
 };
 pub use email::EmailAddress;
 pub use error::CustomerError;

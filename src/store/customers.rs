@@ -2,13 +2,13 @@
 
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
-    Etag, ListQuery, Locale, Profile, Source, SourceId,
+    Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
 };
 
 /// The columns every read returns, sources included, so that one round trip
@@ -26,6 +26,9 @@ const SELECT_CUSTOMER: &str = "
                    AND s.customer_id = c.id
                  ORDER BY s.attach_time, s.source_id) AS source_times
     FROM customers c";
+
+/// How long an idempotency record answers retries.
+const IDEMPOTENCY_WINDOW: &str = "24 hours";
 
 /// Reads and writes customers. Cheap to clone: it is a handle to the pool.
 #[derive(Debug, Clone)]
@@ -46,52 +49,88 @@ impl CustomerStore {
 
     /// Inserts a new customer. An existing id is refused by the primary key
     /// (not by a prior read, which would race with a concurrent insert).
+    ///
+    /// With an idempotency key, the key is claimed in the same transaction
+    /// as the insert. A key claimed before (and less than 24 hours ago)
+    /// makes this a replay instead: the customer the first call created, in
+    /// its current state, or REQUEST_ID_REUSED when the fingerprint differs.
+    /// Concurrent calls with one key wait on the key's row, so exactly one
+    /// inserts.
     #[tracing::instrument(name = "store.insert", skip_all, fields(customer_id = id.as_str()))]
     pub async fn insert(
         &self,
         scope: &AccountScope,
         id: &CustomerId,
         profile: &Profile,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Customer, StoreError> {
-        let etag = Etag::generate();
-        let row = sqlx::query(
-            "INSERT INTO customers (account_id, live_mode, id, email, shipping,
-                 default_source_id, tax_identifiers, locale, customer_type, enabled,
-                 metadata, etag, email_folded, create_time, update_time)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now(), now())
-             RETURNING create_time",
+        let Some(key) = key else {
+            return insert_row(&self.pool, scope, id, profile).await;
+        };
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys
+                 (account_id, live_mode, request_id, fingerprint, customer_id, create_time)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (account_id, live_mode, request_id) DO UPDATE
+                 SET fingerprint = EXCLUDED.fingerprint, customer_id = EXCLUDED.customer_id,
+                     create_time = EXCLUDED.create_time
+                 WHERE idempotency_keys.create_time < now() - $6::interval
+             RETURNING 1",
         )
         .bind(&scope.account_id)
         .bind(scope.live_mode)
+        .bind(&key.request_id)
+        .bind(&key.fingerprint)
         .bind(id.as_str())
-        .bind(profile.email.as_ref().map(|e| e.as_str()))
-        .bind(Json(&profile.shipping))
-        .bind(profile.default_source_id.as_ref().map(SourceId::as_str))
-        .bind(Json(&profile.tax_identifiers))
-        .bind(profile.locale.as_ref().map(|l| l.as_str()))
-        .bind(kind_to_column(profile.kind))
-        .bind(profile.enabled)
-        .bind(Json(&profile.metadata))
-        .bind(etag.as_str())
-        .bind(profile.email.as_ref().map(|e| e.folded()))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|error| match unique_violation(&error) {
-            Some("customers_pkey") => CustomerError::AlreadyExists.into(),
-            _ => StoreError::from(error),
-        })?;
+        .bind(IDEMPOTENCY_WINDOW)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if claimed {
+            let customer = insert_row(&mut *tx, scope, id, profile).await?;
+            tx.commit().await?;
+            return Ok(customer);
+        }
 
-        let created: OffsetDateTime = row.try_get("create_time")?;
-        Ok(Customer {
-            id: id.clone(),
-            profile: profile.clone(),
-            sources: Vec::new(),
-            forgotten: false,
-            live_mode: scope.live_mode,
-            create_time: created,
-            update_time: created,
-            etag,
-        })
+        let (fingerprint, first_id): (Option<Vec<u8>>, String) = sqlx::query_as(
+            "SELECT fingerprint, customer_id FROM idempotency_keys
+             WHERE account_id = $1 AND live_mode = $2 AND request_id = $3",
+        )
+        .bind(&scope.account_id)
+        .bind(scope.live_mode)
+        .bind(&key.request_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        // Erasure clears the fingerprint: any replay then gets the scrubbed
+        // customer, since the original request can no longer be compared.
+        if fingerprint.is_some_and(|f| f != key.fingerprint) {
+            return Err(CustomerError::RequestIdReused.into());
+        }
+        tracing::debug!("replaying an idempotent create");
+        self.get(scope, &CustomerId::from_trusted(first_id)).await
+    }
+
+    /// Deletes idempotency records older than 24 hours, a batch at a time so
+    /// that no statement holds many row locks. Returns how many went.
+    pub async fn purge_expired_requests(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM idempotency_keys
+                     WHERE create_time < now() - $1::interval LIMIT 1000))",
+            )
+            .bind(IDEMPOTENCY_WINDOW)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < 1000 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Reads one customer.
@@ -331,6 +370,54 @@ fn push_list_sql<'q>(
     builder.push_bind(query.page_size as i64 + 1);
 }
 
+/// Inserts the customer row.
+async fn insert_row(
+    executor: impl PgExecutor<'_>,
+    scope: &AccountScope,
+    id: &CustomerId,
+    profile: &Profile,
+) -> Result<Customer, StoreError> {
+    let etag = Etag::generate();
+    let row = sqlx::query(
+        "INSERT INTO customers (account_id, live_mode, id, email, shipping,
+             default_source_id, tax_identifiers, locale, customer_type, enabled,
+             metadata, etag, email_folded, create_time, update_time)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now(), now())
+         RETURNING create_time",
+    )
+    .bind(&scope.account_id)
+    .bind(scope.live_mode)
+    .bind(id.as_str())
+    .bind(profile.email.as_ref().map(|e| e.as_str()))
+    .bind(Json(&profile.shipping))
+    .bind(profile.default_source_id.as_ref().map(SourceId::as_str))
+    .bind(Json(&profile.tax_identifiers))
+    .bind(profile.locale.as_ref().map(|l| l.as_str()))
+    .bind(kind_to_column(profile.kind))
+    .bind(profile.enabled)
+    .bind(Json(&profile.metadata))
+    .bind(etag.as_str())
+    .bind(profile.email.as_ref().map(|e| e.folded()))
+    .fetch_one(executor)
+    .await
+    .map_err(|error| match unique_violation(&error) {
+        Some("customers_pkey") => CustomerError::AlreadyExists.into(),
+        _ => StoreError::from(error),
+    })?;
+
+    let created: OffsetDateTime = row.try_get("create_time")?;
+    Ok(Customer {
+        id: id.clone(),
+        profile: profile.clone(),
+        sources: Vec::new(),
+        forgotten: false,
+        live_mode: scope.live_mode,
+        create_time: created,
+        update_time: created,
+        etag,
+    })
+}
+
 /// Locks a customer's row until the transaction ends, then reads it.
 ///
 /// Two statements on purpose: under READ COMMITTED a statement that waited
@@ -363,8 +450,9 @@ async fn lock(
     customer_from_row(&row)
 }
 
-/// Writes every mutable column of `customer` and drops sources it no longer
-/// has (erasure). Returns the new update_time.
+/// Writes every mutable column of `customer`. For an erased customer it also
+/// drops the sources and the fingerprints of its idempotency records, the
+/// other places its data lived. Returns the new update_time.
 async fn write(
     tx: &mut Transaction<'_, Postgres>,
     scope: &AccountScope,
@@ -372,15 +460,19 @@ async fn write(
 ) -> Result<OffsetDateTime, StoreError> {
     let profile = &customer.profile;
     if customer.forgotten {
-        sqlx::query(
+        for sql in [
             "DELETE FROM customer_sources
              WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(customer.id.as_str())
-        .execute(&mut **tx)
-        .await?;
+            "UPDATE idempotency_keys SET fingerprint = NULL
+             WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3",
+        ] {
+            sqlx::query(sql)
+                .bind(&scope.account_id)
+                .bind(scope.live_mode)
+                .bind(customer.id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
     }
     let row = sqlx::query(
         "UPDATE customers SET email = $4, shipping = $5, default_source_id = $6,

@@ -56,6 +56,7 @@ pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     data_dir: PathBuf,
     run_as: Option<User>,
+    port: u16,
     url: String,
 }
 
@@ -70,10 +71,12 @@ impl EmbeddedPostgres {
             None => find_binaries().ok_or(EmbeddedError::BinariesNotFound)?,
         };
         let run_as = unprivileged_user()?;
+        let port = free_port()?;
         let server = EmbeddedPostgres {
             bin_dir,
             data_dir: data_dir.to_owned(),
             run_as,
+            port,
             url: String::new(),
         };
 
@@ -89,18 +92,7 @@ impl EmbeddedPostgres {
             server.stop_server()?;
         }
 
-        let port = free_port()?;
-        let log_file = data_dir.join("server.log");
-        let output = server.pg_ctl(&[
-            "start",
-            "--wait",
-            "--timeout=60",
-            "--log",
-            &log_file.to_string_lossy(),
-            "-o",
-            &format!("-p {port}"),
-        ])?;
-        check(&output, "pg_ctl start")?;
+        server.launch()?;
 
         let password_path = data_dir.join(PASSWORD_FILE);
         let password = std::fs::read_to_string(&password_path)
@@ -111,6 +103,33 @@ impl EmbeddedPostgres {
         );
         tracing::info!(port, data_dir = %data_dir.display(), "embedded PostgreSQL started");
         Ok(EmbeddedPostgres { url, ..server })
+    }
+
+    /// Starts the server again after [`EmbeddedPostgres::stop_immediately`],
+    /// on the same port, so that existing pools reconnect by themselves.
+    pub fn restart(&self) -> Result<(), EmbeddedError> {
+        self.launch()
+    }
+
+    /// Stops the server the way a crash would (immediate mode: no
+    /// checkpoint, open connections cut). For failure tests.
+    pub fn stop_immediately(&self) -> Result<(), EmbeddedError> {
+        let output = self.pg_ctl(&["stop", "--wait", "--mode=immediate"])?;
+        check(&output, "pg_ctl stop")
+    }
+
+    fn launch(&self) -> Result<(), EmbeddedError> {
+        let log_file = self.data_dir.join("server.log");
+        let output = self.pg_ctl(&[
+            "start",
+            "--wait",
+            "--timeout=60",
+            "--log",
+            &log_file.to_string_lossy(),
+            "-o",
+            &format!("-p {}", self.port),
+        ])?;
+        check(&output, "pg_ctl start")
     }
 
     /// The connection URL, password included: never log it.

@@ -5,6 +5,7 @@ mod create;
 mod delete;
 mod erasure;
 mod get;
+mod idempotency;
 mod list;
 mod sources;
 mod support;
