@@ -7,6 +7,7 @@ mod erasure;
 mod get;
 mod idempotency;
 mod list;
+mod resilience;
 mod sources;
 mod support;
 mod surface;

@@ -1,0 +1,415 @@
+//! Safe writes under stress: concurrent edits, database crashes, deadlines,
+//! overload and shutdown. Each test is bounded to a few seconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use customers::api::pb::{self, GetCustomerRequest, UpdateCustomerRequest};
+use customers::config::Config;
+use customers::startup::Application;
+use customers::store::embedded::EmbeddedPostgres;
+use prost_types::FieldMask;
+use sqlx::PgPool;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{TestApp, assert_error};
+
+fn set_metadata(id: &str, key: &str, value: &str, etag: &str) -> UpdateCustomerRequest {
+    UpdateCustomerRequest {
+        customer: Some(pb::Customer {
+            id: id.into(),
+            etag: etag.into(),
+            metadata: [(key.to_owned(), value.to_owned())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec![format!("metadata.{key}")],
+        }),
+    }
+}
+
+/// Holds the customer's row lock until the returned transaction ends, so
+/// that calls touching it stay in flight.
+async fn hold_lock(db: &PgPool, id: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+#[tokio::test]
+async fn twenty_clients_editing_with_etags_lose_no_acknowledged_update() {
+    let app = TestApp::spawn().await;
+    app.create(pb::Customer {
+        id: "cus_counter".into(),
+        metadata: [("n".into(), "0".into())].into(),
+        ..Default::default()
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(2);
+
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                let (mut acknowledged, mut conflicts) = (0u64, 0u64);
+                while Instant::now() < until {
+                    let read = client
+                        .get_customer(GetCustomerRequest {
+                            id: "cus_counter".into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let n: u64 = read.metadata["n"].parse().unwrap();
+                    match client
+                        .update_customer(set_metadata(
+                            "cus_counter",
+                            "n",
+                            &(n + 1).to_string(),
+                            &read.etag,
+                        ))
+                        .await
+                    {
+                        Ok(_) => acknowledged += 1,
+                        Err(status) if status.code() == Code::Aborted => conflicts += 1,
+                        Err(status) => panic!("unexpected {status:?}"),
+                    }
+                }
+                (acknowledged, conflicts)
+            })
+        })
+        .collect();
+    let (mut acknowledged, mut conflicts) = (0, 0);
+    for client in clients {
+        let (a, c) = client.await.unwrap();
+        acknowledged += a;
+        conflicts += c;
+    }
+
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata FROM customers WHERE id = 'cus_counter'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    println!("{acknowledged} acknowledged updates, {conflicts} stale-etag conflicts");
+    assert!(
+        acknowledged > 0 && conflicts > 0,
+        "the clients really raced"
+    );
+    assert_eq!(
+        stored["n"],
+        acknowledged.to_string(),
+        "every acknowledged update is in the final state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data_dir = root.path().join("pgdata");
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let mut config = Config::for_database(pg.url(), "127.0.0.1:0".parse().unwrap());
+    config.db_acquire_timeout_ms = 500;
+    config.db_statement_timeout_ms = 2000;
+    let app = Application::build(&config).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+
+    let running = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let mut client =
+                pb::customer_service_client::CustomerServiceClient::new(channel.clone());
+            let running = running.clone();
+            tokio::spawn(async move {
+                let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+                for n in 0.. {
+                    if !running.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("cus_{writer}_{n}");
+                    let customer = pb::Customer {
+                        id: id.clone(),
+                        ..Default::default()
+                    };
+                    let request = pb::CreateCustomerRequest {
+                        customer: Some(customer),
+                        request_id: String::new(),
+                    };
+                    let started = Instant::now();
+                    match client.create_customer(request).await {
+                        Ok(_) => acknowledged.push(id),
+                        Err(status) => failures.push((status.code(), started.elapsed())),
+                    }
+                }
+                (acknowledged, failures)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let crashing = pg.clone();
+    tokio::task::spawn_blocking(move || crashing.stop_immediately())
+        .await
+        .unwrap()
+        .unwrap();
+    let down = wait_for_health(
+        &mut health,
+        ServingStatus::NotServing,
+        Duration::from_secs(5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarting = pg.clone();
+    tokio::task::spawn_blocking(move || restarting.restart())
+        .await
+        .unwrap()
+        .unwrap();
+    let back = Instant::now();
+    wait_for_health(&mut health, ServingStatus::Serving, Duration::from_secs(5)).await;
+    let recovered_in = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::Relaxed);
+
+    let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+    for writer in writers {
+        let (a, f) = writer.await.unwrap();
+        acknowledged.extend(a);
+        failures.extend(f);
+    }
+    let db = PgPool::connect(pg.url()).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM customers")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    let slowest = failures
+        .iter()
+        .map(|(_, elapsed)| *elapsed)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{} acknowledged, {} failed (slowest {slowest:?}); NOT_SERVING after {down:?}; SERVING {recovered_in:?} after restart",
+        acknowledged.len(),
+        failures.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(!failures.is_empty(), "the outage was noticed");
+    assert!(
+        failures.iter().all(|(code, _)| *code == Code::Unavailable),
+        "{failures:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "failures come within the configured timeouts"
+    );
+    assert!(recovered_in < Duration::from_secs(5));
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    db.close().await;
+    let pg = Arc::try_unwrap(pg).unwrap();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_leaves_nothing_behind() {
+    let app = TestApp::spawn().await;
+    let before = app
+        .create(pb::Customer {
+            id: "cus_slow".into(),
+            ..Default::default()
+        })
+        .await;
+    let lock = hold_lock(&app.db, "cus_slow").await;
+
+    let mut request = tonic::Request::new(set_metadata("cus_slow", "k", "v", ""));
+    request.set_timeout(Duration::from_millis(300));
+    let error = app
+        .client
+        .clone()
+        .update_customer(request)
+        .await
+        .unwrap_err();
+    lock.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        matches!(error.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{error:?}"
+    );
+    let after = app
+        .client
+        .clone()
+        .get_customer(GetCustomerRequest {
+            id: "cus_slow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn calls_beyond_the_limit_are_refused_fast_and_memory_stays_bounded() {
+    let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 4).await;
+    app.create(pb::Customer {
+        id: "cus_busy".into(),
+        ..Default::default()
+    })
+    .await;
+    let lock = hold_lock(&app.db, "cus_busy").await;
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .update_customer(set_metadata("cus_busy", &format!("k{i}"), "v", ""))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let rss_before = resident_kib();
+    let mut slowest = Duration::ZERO;
+    let mut codes: HashMap<Code, usize> = HashMap::new();
+    for _ in 0..2000 {
+        let started = Instant::now();
+        let result = app
+            .client
+            .clone()
+            .get_customer(GetCustomerRequest {
+                id: "cus_busy".into(),
+            })
+            .await;
+        slowest = slowest.max(started.elapsed());
+        let error = result.unwrap_err();
+        if error.code() == Code::ResourceExhausted {
+            assert_error(&error, Code::ResourceExhausted, "OVERLOADED");
+        }
+        *codes.entry(error.code()).or_default() += 1;
+    }
+    let rss_after = resident_kib();
+    lock.commit().await.unwrap();
+    for call in busy {
+        call.await.unwrap().unwrap();
+    }
+
+    println!(
+        "2000 refusals, slowest {slowest:?}; RSS {rss_before} KiB before, {rss_after} KiB after"
+    );
+    assert_eq!(codes, HashMap::from([(Code::ResourceExhausted, 2000)]));
+    assert!(
+        slowest < Duration::from_millis(250),
+        "refusals do not queue: {slowest:?}"
+    );
+    assert!(rss_after < rss_before + 64 * 1024, "memory stays bounded");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_connections() {
+    let mut app = TestApp::spawn().await;
+    app.create(pb::Customer {
+        id: "cus_busy".into(),
+        ..Default::default()
+    })
+    .await;
+    let lock = hold_lock(&app.db, "cus_busy").await;
+    let in_flight: Vec<_> = (0..10)
+        .map(|i| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .update_customer(set_metadata("cus_busy", &format!("k{i}"), "v", ""))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = app.addr;
+    let db = app.db.clone();
+
+    let stopping = tokio::spawn(async move { app.stop().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_connection = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    lock.commit().await.unwrap();
+
+    assert!(
+        new_connection.is_err(),
+        "no new connections during shutdown"
+    );
+    for call in in_flight {
+        call.await.unwrap().expect("an in-flight call completes");
+    }
+    stopping.await.unwrap().unwrap();
+    let metadata: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata FROM customers WHERE id = 'cus_busy'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(metadata.as_object().unwrap().len(), 10);
+}
+
+async fn wait_for_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    wanted: ServingStatus,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(response) = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            && response.into_inner().status == wanted as i32
+        {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {wanted:?} within {limit:?}");
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
