@@ -23,12 +23,37 @@ pub struct Cli {
 }
 
 /// What to do; `serve` when none is given.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
     Serve,
     /// Apply the database migrations, then exit.
     Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// API key management.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it; it is shown this once and stored only as
+    /// a hash.
+    Create {
+        /// The account the key acts for.
+        #[arg(long, default_value = "acct_default")]
+        account: String,
+        /// A live-mode key (`sk_live_…`); test mode (`sk_test_…`) otherwise.
+        #[arg(long)]
+        live: bool,
+    },
+    /// List keys (ids, accounts, modes, dates; never secrets).
+    List,
+    /// Revoke a key by its id (the hex part after `sk_test_` / `sk_live_`).
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 /// Log line format.
@@ -93,6 +118,16 @@ pub struct Config {
     #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
     pub page_token_key: Option<String>,
 
+    /// Serve without API keys: every call acts for the default test-mode
+    /// account. For local experiments only; logged loudly at start.
+    #[arg(long, env = "INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// How long a looked-up API key is trusted before it is read again, in
+    /// milliseconds; a revocation takes effect within this time.
+    #[arg(long, env = "API_KEY_CACHE_MS", default_value_t = 5000)]
+    pub api_key_cache_ms: u64,
+
     /// Log line format. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -114,6 +149,16 @@ impl Config {
             })
             .unwrap_or_else(|| PathBuf::from("."));
         base.join("customer-service/postgres")
+    }
+
+    /// Where the embedded setup keeps the test-mode key it creates on first
+    /// start: beside the data directory.
+    pub fn quickstart_key_file(&self) -> PathBuf {
+        let data_dir = self.data_dir();
+        data_dir
+            .parent()
+            .map(|p| p.join("api-key"))
+            .unwrap_or_else(|| PathBuf::from("api-key"))
     }
 
     /// Connection pool settings.
@@ -164,6 +209,8 @@ impl fmt::Debug for Config {
                 "page_token_key",
                 &self.page_token_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("api_key_cache_ms", &self.api_key_cache_ms)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => startup::migrate(&cli.config).await,
+        Command::Keys(command) => startup::manage_keys(&cli.config, &command).await,
     }
 }
 

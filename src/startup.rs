@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,10 +23,10 @@ use tower::load_shed::error::Overloaded;
 use tower::util::MapResultLayer;
 
 use crate::api::pb::customer_service_server::CustomerServiceServer;
-use crate::api::{CustomerApi, PageTokens, error, pb};
-use crate::config::Config;
+use crate::api::{Authenticator, CustomerApi, PageTokens, error, pb};
+use crate::config::{Config, KeysCommand};
 use crate::store::embedded::EmbeddedPostgres;
-use crate::store::{self, CustomerStore};
+use crate::store::{self, CustomerStore, KeyStore};
 
 /// Largest response message. Larger ones would be refused by a client with
 /// default settings.
@@ -45,6 +46,7 @@ pub struct Application {
     max_request_bytes: usize,
     max_concurrent_calls: usize,
     tokens: PageTokens,
+    auth: Arc<Authenticator>,
 }
 
 impl Application {
@@ -57,6 +59,11 @@ impl Application {
             store::migrate(&pool)
                 .await
                 .context("applying database migrations")?;
+            if embedded.is_some() && !config.insecure_no_auth {
+                quickstart_key(config, &pool)
+                    .await
+                    .context("creating the local API key")?;
+            }
             TcpListener::bind(config.listen_addr)
                 .await
                 .with_context(|| format!("binding {}", config.listen_addr))
@@ -74,6 +81,16 @@ impl Application {
             );
         }
         let tokens = PageTokens::new(&config.page_token_key());
+        let auth = if config.insecure_no_auth {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--insecure-no-auth): every caller acts for the test-mode \
+                 account acct_default. Never run this way outside local experiments."
+            );
+            Authenticator::disabled()
+        } else {
+            let ttl = Duration::from_millis(config.api_key_cache_ms);
+            Authenticator::with_keys(KeyStore::new(pool.clone()), ttl)
+        };
         Ok(Self {
             listener,
             pool,
@@ -81,6 +98,7 @@ impl Application {
             max_request_bytes: config.max_request_bytes,
             max_concurrent_calls: config.max_concurrent_calls,
             tokens,
+            auth: Arc::new(auth),
         })
     }
 
@@ -102,6 +120,7 @@ impl Application {
             max_request_bytes,
             max_concurrent_calls,
             tokens,
+            auth,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -117,10 +136,13 @@ impl Application {
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let customers =
-            CustomerServiceServer::new(CustomerApi::new(CustomerStore::new(pool.clone()), tokens))
-                .max_decoding_message_size(max_request_bytes)
-                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let customers = CustomerServiceServer::new(CustomerApi::new(
+            CustomerStore::new(pool.clone()),
+            tokens,
+            auth,
+        ))
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
         tracing::info!(addr = %listener.local_addr()?, "serving");
         // Without TCP_NODELAY a reply waits for the client's delayed ACK
@@ -160,7 +182,7 @@ impl Application {
 /// Applies the migrations and exits: the `migrate` subcommand, for
 /// deployments that migrate once per rollout rather than at every start.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let (url, embedded) = database(config).await?;
+    let (url, embedded) = tool_database(config).await?;
     let result = async {
         let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
         store::migrate(&pool)
@@ -186,6 +208,96 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Runs a `keys` subcommand, printing to stdout.
+pub async fn manage_keys(config: &Config, command: &KeysCommand) -> anyhow::Result<()> {
+    let (url, embedded) = tool_database(config).await?;
+    let result = async {
+        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
+        store::migrate(&pool)
+            .await
+            .context("applying database migrations")?;
+        let keys = KeyStore::new(pool.clone());
+        match command {
+            KeysCommand::Create { account, live } => {
+                let (text, record) = keys.create(account, *live).await?;
+                println!("{text}");
+                eprintln!(
+                    "created key {} for account {} ({} mode); store it now, it is not shown again",
+                    record.id,
+                    record.account_id,
+                    if record.live_mode { "live" } else { "test" }
+                );
+            }
+            KeysCommand::List => {
+                println!(
+                    "{:<18} {:<24} {:<5} {:<27} revoked",
+                    "id", "account", "mode", "created"
+                );
+                for key in keys.list().await? {
+                    let mode = if key.live_mode { "live" } else { "test" };
+                    let revoked = key
+                        .revoke_time
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<18} {:<24} {mode:<5} {:<27} {revoked}",
+                        key.id,
+                        key.account_id,
+                        key.create_time.to_string()
+                    );
+                }
+            }
+            KeysCommand::Revoke { id } => {
+                if !keys.revoke(id).await? {
+                    anyhow::bail!("no active key has the id {id}");
+                }
+                eprintln!("revoked key {id}");
+            }
+        }
+        pool.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    stop_embedded(embedded).await;
+    result
+}
+
+/// The database for a one-shot command: DATABASE_URL, else the embedded
+/// server a running service has started (left running), else the embedded
+/// server started for this command alone.
+async fn tool_database(config: &Config) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if config.database_url.is_none()
+        && let Some(url) = EmbeddedPostgres::running_url(&config.data_dir())
+    {
+        return Ok((url, None));
+    }
+    database(config).await
+}
+
+/// On the embedded default, creates a test-mode key on first start and
+/// tells where it is, so that the README's examples work by copy and paste.
+async fn quickstart_key(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    let path = config.quickstart_key_file();
+    if path.exists() {
+        tracing::info!(path = %path.display(), "the local test-mode API key is in this file");
+        return Ok(());
+    }
+    let (text, record) = KeyStore::new(pool.clone())
+        .create("acct_default", false)
+        .await?;
+    let mut file = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(file.write(true).create_new(true), 0o600);
+    std::io::Write::write_all(&mut file.open(&path)?, format!("{text}\n").as_bytes())?;
+    // Printed, not logged: log lines never carry secrets.
+    eprintln!(
+        "\nCreated a test-mode API key for account acct_default (id {}):\n\n  {text}\n\n\
+         It is saved in {}. Send it as `authorization: Bearer <key>`.\n",
+        record.id,
+        path.display()
+    );
+    Ok(())
 }
 
 /// The database URL to use, starting the embedded server when none is set.

@@ -1,12 +1,14 @@
 //! The gRPC surface: generated messages, the customer service handlers, and
 //! the mapping of failures to statuses.
 
+mod auth;
 pub mod codec;
 mod convert;
 pub mod error;
 mod page_token;
 mod service;
 
+pub use auth::Authenticator;
 pub use page_token::PageTokens;
 pub use service::CustomerApi;
 

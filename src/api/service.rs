@@ -1,9 +1,12 @@
 //! Handlers of `customers.v1.CustomerService`: parse the request into domain
 //! values (collecting every violation), call the store, convert the result.
 
+use std::sync::Arc;
+
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth::Authenticator;
 use super::convert::{
     customer_to_proto, masked, parse_id, parse_profile, parse_timestamp, resolve_mask,
 };
@@ -31,23 +34,27 @@ const MAX_REQUEST_ID_CHARS: usize = 64;
 pub struct CustomerApi {
     store: CustomerStore,
     tokens: PageTokens,
-    /// The owner of every row until API keys say otherwise.
-    scope: AccountScope,
+    /// Decides the account and mode each call acts for.
+    auth: Arc<Authenticator>,
 }
 
 impl CustomerApi {
-    /// A service that acts for the default account and signs page tokens
-    /// with `tokens`.
-    pub fn new(store: CustomerStore, tokens: PageTokens) -> Self {
+    /// A service over `store` that authenticates with `auth` and signs page
+    /// tokens with `tokens`.
+    pub fn new(store: CustomerStore, tokens: PageTokens, auth: Arc<Authenticator>) -> Self {
         Self {
             store,
             tokens,
-            scope: AccountScope::default_account(),
+            auth,
         }
     }
 
     /// Parses the filters, size and position of a ListCustomers request.
-    fn parse_list(&self, request: &pb::ListCustomersRequest) -> Result<ListQuery, Status> {
+    fn parse_list(
+        &self,
+        scope: &AccountScope,
+        request: &pb::ListCustomersRequest,
+    ) -> Result<ListQuery, Status> {
         let mut violations = Violations::new();
         let page_size = match usize::try_from(request.page_size) {
             Err(_) => {
@@ -112,9 +119,7 @@ impl CustomerApi {
         let after = if request.page_token.is_empty() {
             None
         } else {
-            let cursor = self
-                .tokens
-                .verify(&self.scope, &filter, &request.page_token);
+            let cursor = self.tokens.verify(scope, &filter, &request.page_token);
             if cursor.is_none() {
                 violations.add(
                     "page_token",
@@ -157,6 +162,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let customer = request.customer.unwrap_or_default();
         let mut violations = Violations::new();
@@ -190,11 +196,11 @@ impl CustomerService for CustomerApi {
         }
         let key = (!request.request_id.is_empty()).then(|| {
             let requested = (!customer.id.is_empty()).then_some(&id);
-            IdempotencyKey::new(&self.scope, &request.request_id, requested, &profile)
+            IdempotencyKey::new(&scope, &request.request_id, requested, &profile)
         });
         let created = self
             .store
-            .insert(&self.scope, &id, &profile, key.as_ref())
+            .insert(&scope, &id, &profile, key.as_ref())
             .await?;
         tracing::debug!("customer created");
         Ok(Response::new(customer_to_proto(created)))
@@ -205,6 +211,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let id = parse_id("id", &request.id, &mut violations);
@@ -212,7 +219,7 @@ impl CustomerService for CustomerApi {
         let id = id.expect("a valid request has an id");
         tracing::Span::current().record("customer_id", id.as_str());
 
-        let customer = self.store.get(&self.scope, &id).await?;
+        let customer = self.store.get(&scope, &id).await?;
         Ok(Response::new(customer_to_proto(customer)))
     }
 
@@ -221,6 +228,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let Some(customer) = request.customer else {
@@ -256,7 +264,7 @@ impl CustomerService for CustomerApi {
         };
         let updated = self
             .store
-            .update(&self.scope, &id, etag.as_ref(), &patch)
+            .update(&scope, &id, etag.as_ref(), &patch)
             .await?;
         tracing::debug!(forget, "customer updated");
         Ok(Response::new(customer_to_proto(updated)))
@@ -267,8 +275,9 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
-        let query = self.parse_list(request.get_ref())?;
-        let rows = self.store.list(&self.scope, &query).await?;
+        let scope = self.auth.scope(request.metadata()).await?;
+        let query = self.parse_list(&scope, request.get_ref())?;
+        let rows = self.store.list(&scope, &query).await?;
 
         let mut more = rows.len() > query.page_size;
         let mut customers = Vec::with_capacity(query.page_size.min(rows.len()));
@@ -291,7 +300,7 @@ impl CustomerService for CustomerApi {
             last = Some(cursor);
         }
         let next_page_token = match (more, last) {
-            (true, Some(cursor)) => self.tokens.issue(&self.scope, &query.filter, &cursor),
+            (true, Some(cursor)) => self.tokens.issue(&scope, &query.filter, &cursor),
             _ => String::new(),
         };
         tracing::Span::current().record("count", customers.len());
@@ -306,6 +315,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<()>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let id = parse_id("id", &request.id, &mut violations);
@@ -314,7 +324,7 @@ impl CustomerService for CustomerApi {
         tracing::Span::current().record("customer_id", id.as_str());
 
         let etag = (!request.etag.is_empty()).then(|| Etag::from_trusted(request.etag));
-        self.store.delete(&self.scope, &id, etag.as_ref()).await?;
+        self.store.delete(&scope, &id, etag.as_ref()).await?;
         tracing::debug!("customer deleted");
         Ok(Response::new(()))
     }
@@ -324,11 +334,12 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::AttachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
         tracing::Span::current().record("customer_id", id.as_str());
 
-        let customer = self.store.attach_source(&self.scope, &id, &source).await?;
+        let customer = self.store.attach_source(&scope, &id, &source).await?;
         Ok(Response::new(customer_to_proto(customer)))
     }
 
@@ -337,11 +348,12 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DetachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
         tracing::Span::current().record("customer_id", id.as_str());
 
-        let customer = self.store.detach_source(&self.scope, &id, &source).await?;
+        let customer = self.store.detach_source(&scope, &id, &source).await?;
         Ok(Response::new(customer_to_proto(customer)))
     }
 }

@@ -4,6 +4,7 @@
 //! with every failing field collected in [`Violations`]. Code past that
 //! boundary never re-checks a value.
 
+mod api_key;
 mod country;
 mod customer;
 mod email;
@@ -16,6 +17,7 @@ mod text;
 mod update_mask;
 mod violations;
 
+pub use api_key::PresentedKey;
 pub use country::CountryCode;
 pub use customer::{
     AccountScope, AdditionalAddressInfo, Address, Customer, CustomerId, CustomerKind,

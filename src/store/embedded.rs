@@ -132,6 +132,24 @@ impl EmbeddedPostgres {
         check(&output, "pg_ctl start")
     }
 
+    /// The URL of a server that is already running on `data_dir` (started by
+    /// a running service), so that a command-line tool can use it without
+    /// taking it over. `None` when nothing runs there.
+    pub fn running_url(data_dir: &Path) -> Option<String> {
+        let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+        let mut lines = pid_file.lines();
+        let pid = lines.next()?.trim();
+        let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+        if !Path::new("/proc").join(pid).exists() {
+            return None;
+        }
+        let password = std::fs::read_to_string(data_dir.join(PASSWORD_FILE)).ok()?;
+        Some(format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/postgres",
+            password.trim()
+        ))
+    }
+
     /// The connection URL, password included: never log it.
     pub fn url(&self) -> &str {
         &self.url

@@ -3,6 +3,7 @@
 //! Every statement names the owning account and mode in its `WHERE` clause;
 //! there is no query that crosses accounts.
 
+mod api_keys;
 mod customers;
 pub mod embedded;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+pub use api_keys::{ApiKeyRecord, KeyStore};
 pub use customers::CustomerStore;
 
 use crate::domain::CustomerError;

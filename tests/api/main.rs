@@ -8,6 +8,7 @@ mod get;
 mod idempotency;
 mod list;
 mod resilience;
+mod security;
 mod sources;
 mod support;
 mod surface;

@@ -141,12 +141,17 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
+    let key = {
+        let db = PgPool::connect(pg.url()).await.unwrap();
+        let key = crate::support::issue_key(&db, "acct_default", false).await;
+        db.close().await;
+        key
+    };
 
     let running = Arc::new(AtomicBool::new(true));
     let writers: Vec<_> = (0..4)
         .map(|writer| {
-            let mut client =
-                pb::customer_service_client::CustomerServiceClient::new(channel.clone());
+            let mut client = crate::support::client_with_key(channel.clone(), &key);
             let running = running.clone();
             tokio::spawn(async move {
                 let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());

@@ -13,9 +13,13 @@ use customers::api::pb::customer_service_client::CustomerServiceClient;
 use customers::api::pb::{self, CreateCustomerRequest};
 use customers::config::Config;
 use customers::startup::Application;
+use customers::store::KeyStore;
 use customers::store::embedded::EmbeddedPostgres;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -81,12 +85,45 @@ pub async fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
+/// A customer service client that sends an API key with every call.
+pub type Client = CustomerServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A client on `channel` that authenticates with `key`.
+pub fn client_with_key(channel: Channel, key: &str) -> Client {
+    let value = format!("Bearer {key}").parse().expect("keys are ASCII");
+    CustomerServiceClient::with_interceptor(channel, Bearer(value))
+}
+
+/// Creates an API key in the database behind `db`; returns its text.
+pub async fn issue_key(db: &PgPool, account: &str, live_mode: bool) -> String {
+    KeyStore::new(db.clone())
+        .create(account, live_mode)
+        .await
+        .unwrap()
+        .0
+}
+
 /// A running server and what a test needs to talk to it and look behind it.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub client: CustomerServiceClient<Channel>,
+    /// Acts for the test-mode default account.
+    pub client: Client,
     /// A direct connection to the service's database, to check rows.
     pub db: PgPool,
+    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -115,13 +152,22 @@ impl TestApp {
             .connect()
             .await
             .unwrap();
+        let db = PgPool::connect(&database_url).await.unwrap();
+        let key = issue_key(&db, "acct_default", false).await;
         TestApp {
             addr,
-            client: CustomerServiceClient::new(channel),
-            db: PgPool::connect(&database_url).await.unwrap(),
+            client: client_with_key(channel, &key),
+            db,
+            database_url,
             shutdown: Some(tx),
             server: Some(server),
         }
+    }
+
+    /// A client acting for `account` in the given mode, with a new key.
+    pub async fn client_for(&self, account: &str, live_mode: bool) -> Client {
+        let key = issue_key(&self.db, account, live_mode).await;
+        client_with_key(self.channel().await, &key)
     }
 
     /// A new connection to the server.

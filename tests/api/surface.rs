@@ -226,7 +226,7 @@ async fn without_a_database_url_the_service_runs_its_own_postgres_and_keeps_data
 /// Starts the server on `config`, runs `body` against it, stops it.
 async fn run_once<F, Fut>(config: &Config, body: F) -> pb::Customer
 where
-    F: FnOnce(pb::customer_service_client::CustomerServiceClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(crate::support::Client) -> Fut,
     Fut: std::future::Future<Output = pb::Customer>,
 {
     let app = Application::build(config).await.unwrap();
@@ -235,10 +235,14 @@ where
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let client =
-        pb::customer_service_client::CustomerServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let key = std::fs::read_to_string(config.quickstart_key_file())
+        .expect("the quickstart key was written");
+    let client = crate::support::client_with_key(channel, key.trim());
     let result = body(client).await;
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
