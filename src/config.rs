@@ -128,6 +128,20 @@ pub struct Config {
     #[arg(long, env = "API_KEY_CACHE_MS", default_value_t = 5000)]
     pub api_key_cache_ms: u64,
 
+    /// PEM certificate chain to serve TLS with (needs --tls-key). Without
+    /// it the server speaks plaintext gRPC.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate(s) of the authorities whose client certificates are
+    /// accepted; with it, every client must present one (mutual TLS).
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log line format. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -211,6 +225,9 @@ impl fmt::Debug for Config {
             )
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("api_key_cache_ms", &self.api_key_cache_ms)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_client_ca", &self.tls_client_ca)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -227,6 +244,21 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let only_cert = Cli::try_parse_from(["customer-service", "--tls-cert", "c.pem"]);
+        let only_ca = Cli::try_parse_from(["customer-service", "--tls-client-ca", "ca.pem"]);
+        let both = Cli::try_parse_from([
+            "customer-service",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        assert!(only_cert.is_err() && only_ca.is_err());
+        assert!(both.is_ok());
     }
 
     #[test]

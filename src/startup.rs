@@ -14,6 +14,7 @@ use tonic::Code;
 use tonic::codegen::http;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::BoxError;
@@ -47,6 +48,7 @@ pub struct Application {
     max_concurrent_calls: usize,
     tokens: PageTokens,
     auth: Arc<Authenticator>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
@@ -81,6 +83,13 @@ impl Application {
             );
         }
         let tokens = PageTokens::new(&config.page_token_key());
+        let tls = match tls_config(config) {
+            Ok(tls) => tls,
+            Err(error) => {
+                stop_embedded(embedded).await;
+                return Err(error);
+            }
+        };
         let auth = if config.insecure_no_auth {
             tracing::warn!(
                 "AUTHENTICATION IS OFF (--insecure-no-auth): every caller acts for the test-mode \
@@ -99,6 +108,7 @@ impl Application {
             max_concurrent_calls: config.max_concurrent_calls,
             tokens,
             auth: Arc::new(auth),
+            tls,
         })
     }
 
@@ -121,6 +131,7 @@ impl Application {
             max_concurrent_calls,
             tokens,
             auth,
+            tls,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -148,7 +159,11 @@ impl Application {
         // Without TCP_NODELAY a reply waits for the client's delayed ACK
         // (tens of milliseconds) whenever it spans several segments.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let served = builder
             // Outermost first: contract statuses for what the layers below
             // refuse; refusal instead of queueing beyond the call limit.
             .layer(MapResultLayer::new(contract_errors))
@@ -195,6 +210,22 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     stop_embedded(embedded).await;
     tracing::info!("migrations applied");
     result
+}
+
+/// TLS settings from the configured PEM files, if any.
+fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    tracing::info!(mutual = config.tls_client_ca.is_some(), "serving TLS");
+    Ok(Some(tls))
 }
 
 /// Server reflection over everything this server speaks: both reflection

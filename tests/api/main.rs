@@ -12,4 +12,5 @@ mod security;
 mod sources;
 mod support;
 mod surface;
+mod tls;
 mod update;
