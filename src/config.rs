@@ -142,6 +142,15 @@ pub struct Config {
     #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`).
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// How long shutdown waits for in-flight calls and open streams before
+    /// it closes them, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15000)]
+    pub shutdown_grace_ms: u64,
+
     /// Log line format. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -151,7 +160,8 @@ impl Config {
     /// The embedded PostgreSQL's data directory.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {
-            return dir.clone();
+            // Absolute, because PostgreSQL's tools run from another directory.
+            return std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
         }
         if nix::unistd::Uid::effective().is_root() {
             return PathBuf::from("/var/lib/customer-service/postgres");
@@ -198,6 +208,7 @@ impl Config {
         let mut config = Cli::parse_from(["customer-service"]).config;
         config.database_url = Some(database_url.to_owned());
         config.listen_addr = listen_addr;
+        config.metrics_addr = SocketAddr::new(listen_addr.ip(), 0);
         config
     }
 }
@@ -228,6 +239,8 @@ impl fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("tls_client_ca", &self.tls_client_ca)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -9,11 +9,12 @@
 //! - [`config`]: settings from flags and environment.
 //! - [`startup`]: builds the server (database, migrations, listener) and runs
 //!   it until shutdown.
-//! - [`telemetry`]: log output.
+//! - [`telemetry`]: log output; [`metrics`]: Prometheus metrics.
 
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

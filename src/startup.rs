@@ -24,10 +24,11 @@ use tower::load_shed::error::Overloaded;
 use tower::util::MapResultLayer;
 
 use crate::api::pb::customer_service_server::CustomerServiceServer;
-use crate::api::{Authenticator, CustomerApi, PageTokens, error, pb};
+use crate::api::{Authenticator, CustomerApi, ObserveLayer, PageTokens, error, pb};
 use crate::config::{Config, KeysCommand};
+use crate::metrics::Metrics;
 use crate::store::embedded::EmbeddedPostgres;
-use crate::store::{self, CustomerStore, KeyStore};
+use crate::store::{self, CustomerStore, KeyStore, PoolSettings};
 
 /// Largest response message. Larger ones would be refused by a client with
 /// default settings.
@@ -42,54 +43,45 @@ const SERVICE_NAME: &str = "customers.v1.CustomerService";
 /// A server that is bound and migrated but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     pool: PgPool,
+    /// One connection of its own for health checks, so that a request pool
+    /// exhausted by slow calls is not mistaken for a database outage.
+    health_pool: PgPool,
     embedded: Option<EmbeddedPostgres>,
-    max_request_bytes: usize,
-    max_concurrent_calls: usize,
     tokens: PageTokens,
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
     tls: Option<ServerTlsConfig>,
+    max_request_bytes: usize,
+    max_concurrent_calls: usize,
+    shutdown_grace: Duration,
 }
 
 impl Application {
-    /// Starts the embedded PostgreSQL when no database URL is configured,
-    /// opens the pool, applies migrations and binds the listen address.
+    /// Binds the listen addresses, starts the embedded PostgreSQL when no
+    /// database URL is configured, opens the pools and applies migrations.
+    ///
+    /// The addresses are bound first, so that a second copy of the service
+    /// fails before it touches any database.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let listener = bind(config.listen_addr).await?;
+        let metrics_listener = bind(config.metrics_addr).await?;
+        let tls = tls_config(config)?;
         let (url, embedded) = database(config).await?;
-        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
-        let prepared = async {
-            store::migrate(&pool)
-                .await
-                .context("applying database migrations")?;
-            if embedded.is_some() && !config.insecure_no_auth {
-                quickstart_key(config, &pool)
-                    .await
-                    .context("creating the local API key")?;
-            }
-            TcpListener::bind(config.listen_addr)
-                .await
-                .with_context(|| format!("binding {}", config.listen_addr))
-        };
-        let listener = match prepared.await {
-            Ok(listener) => listener,
+        let (pool, health_pool) = match prepare(config, &url, embedded.is_some()).await {
+            Ok(pools) => pools,
             Err(error) => {
                 stop_embedded(embedded).await;
                 return Err(error);
             }
         };
+
         if config.page_token_key.is_none() {
             tracing::info!(
                 "PAGE_TOKEN_KEY unset: page tokens are signed with a random key of this process"
             );
         }
-        let tokens = PageTokens::new(&config.page_token_key());
-        let tls = match tls_config(config) {
-            Ok(tls) => tls,
-            Err(error) => {
-                stop_embedded(embedded).await;
-                return Err(error);
-            }
-        };
         let auth = if config.insecure_no_auth {
             tracing::warn!(
                 "AUTHENTICATION IS OFF (--insecure-no-auth): every caller acts for the test-mode \
@@ -100,53 +92,77 @@ impl Application {
             let ttl = Duration::from_millis(config.api_key_cache_ms);
             Authenticator::with_keys(KeyStore::new(pool.clone()), ttl)
         };
+        let metrics = Metrics::new(pool.clone(), config.db_max_connections, embedded.is_some());
         Ok(Self {
             listener,
+            metrics_listener,
             pool,
+            health_pool,
             embedded,
+            tokens: PageTokens::new(&config.page_token_key()),
+            auth: Arc::new(auth),
+            metrics,
+            tls,
             max_request_bytes: config.max_request_bytes,
             max_concurrent_calls: config.max_concurrent_calls,
-            tokens,
-            auth: Arc::new(auth),
-            tls,
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         })
     }
 
-    /// The bound address (the real port when configured with port 0).
+    /// The bound gRPC address (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
     }
 
+    /// The bound address of the metrics endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
     /// Serves until `shutdown` completes. Then health turns NOT_SERVING, new
-    /// connections are refused, in-flight calls finish, and the embedded
-    /// PostgreSQL (if any) is stopped last.
+    /// connections are refused, and in-flight calls finish; calls and
+    /// streams (such as health watches) still open after the grace period
+    /// are cut. The embedded PostgreSQL, if any, is stopped last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application {
             listener,
+            metrics_listener,
             pool,
+            health_pool,
             embedded,
-            max_request_bytes,
-            max_concurrent_calls,
             tokens,
             auth,
+            metrics,
             tls,
+            max_request_bytes,
+            max_concurrent_calls,
+            shutdown_grace,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
-        let monitor = tokio::spawn(watch_database(
-            pool.clone(),
-            reporter.clone(),
-            stopping_rx.clone(),
-        ));
-        let purger = tokio::spawn(purge_expired_requests(
-            CustomerStore::new(pool.clone()),
-            stopping_rx,
-        ));
+        tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics at /metrics");
+        let background = [
+            tokio::spawn(watch_database(
+                health_pool.clone(),
+                reporter.clone(),
+                metrics.clone(),
+                stopping_rx.clone(),
+            )),
+            tokio::spawn(purge_expired_requests(
+                CustomerStore::new(pool.clone()),
+                stopping_rx.clone(),
+            )),
+            tokio::spawn(serve_metrics(
+                metrics_listener,
+                metrics.clone(),
+                stopping_rx.clone(),
+            )),
+        ];
 
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
         let customers = CustomerServiceServer::new(CustomerApi::new(
             CustomerStore::new(pool.clone()),
             tokens,
@@ -154,7 +170,6 @@ impl Application {
         ))
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-
         tracing::info!(addr = %listener.local_addr()?, "serving");
         // Without TCP_NODELAY a reply waits for the client's delayed ACK
         // (tens of milliseconds) whenever it spans several segments.
@@ -164,14 +179,16 @@ impl Application {
             builder = builder.tls_config(tls).context("configuring TLS")?;
         }
         let served = builder
-            // Outermost first: contract statuses for what the layers below
-            // refuse; refusal instead of queueing beyond the call limit.
+            // Outermost first: one span, log line and metric per call;
+            // contract statuses for what the layers below refuse; refusal
+            // instead of queueing beyond the call limit.
+            .layer(ObserveLayer::new(metrics))
             .layer(MapResultLayer::new(contract_errors))
             .layer(LoadShedLayer::new())
             .layer(GlobalConcurrencyLimitLayer::new(max_concurrent_calls))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
             .add_service(customers)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
@@ -183,14 +200,86 @@ impl Application {
                 reporter
                     .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
                     .await;
-            })
-            .await;
+            });
+        let mut grace = stopping_rx.clone();
+        let served = tokio::select! {
+            served = served => served.context("gRPC server failed"),
+            _ = async {
+                let _ = grace.wait_for(|stopping| *stopping).await;
+                tokio::time::sleep(shutdown_grace).await;
+            } => {
+                tracing::warn!(grace_ms = shutdown_grace.as_millis() as u64, "grace period over: closing the remaining calls");
+                Ok(())
+            }
+        };
 
-        let _ = monitor.await;
-        let _ = purger.await;
+        for task in background {
+            let _ = task.await;
+        }
         pool.close().await;
+        health_pool.close().await;
         stop_embedded(embedded).await;
-        served.context("gRPC server failed")
+        served
+    }
+}
+
+/// Binds a TCP listener, saying which address failed.
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Opens the request pool and the health pool, applies migrations and, on
+/// the embedded default, makes sure a local API key exists.
+async fn prepare(config: &Config, url: &str, embedded: bool) -> anyhow::Result<(PgPool, PgPool)> {
+    let pool = store::connect(url, &config.pool_settings()).context("invalid database URL")?;
+    let health_settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: HEALTH_INTERVAL,
+        statement_timeout: HEALTH_INTERVAL,
+    };
+    let health_pool = store::connect(url, &health_settings).context("invalid database URL")?;
+    store::migrate(&pool)
+        .await
+        .context("applying database migrations")?;
+    if embedded && !config.insecure_no_auth {
+        quickstart_key(config, &pool)
+            .await
+            .context("creating the local API key")?;
+    }
+    Ok((pool, health_pool))
+}
+
+/// Serves `GET /metrics` until shutdown.
+async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    let stopped = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(%error, "metrics endpoint failed");
     }
 }
 
@@ -208,7 +297,9 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     }
     .await;
     stop_embedded(embedded).await;
-    tracing::info!("migrations applied");
+    if result.is_ok() {
+        tracing::info!("migrations applied");
+    }
     result
 }
 
@@ -360,6 +451,7 @@ async fn stop_embedded(embedded: Option<EmbeddedPostgres>) {
 async fn watch_database(
     pool: PgPool,
     reporter: HealthReporter,
+    metrics: Arc<Metrics>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut last = None;
@@ -369,6 +461,7 @@ async fn watch_database(
         if *stopping.borrow() {
             return;
         }
+        metrics.set_database_up(up);
         if last != Some(up) {
             let status = if up {
                 ServingStatus::Serving
@@ -396,34 +489,68 @@ async fn watch_database(
 /// - a call beyond the concurrency limit: RESOURCE_EXHAUSTED, `OVERLOADED`;
 /// - a request message over the size limit, which tonic refuses with
 ///   OUT_OF_RANGE before any handler runs: RESOURCE_EXHAUSTED,
-///   `REQUEST_TOO_LARGE`. No handler of ours answers OUT_OF_RANGE, so the
-///   rewrite cannot catch anything else.
+///   `REQUEST_TOO_LARGE` (no handler of ours answers OUT_OF_RANGE);
+/// - a request tonic could not frame (empty or truncated body, a wrong
+///   compression flag or content type), which it calls INTERNAL without
+///   details: INVALID_ARGUMENT, `MALFORMED_REQUEST`. Our own INTERNAL
+///   always carries details, so it is never mistaken for one of these;
+/// - any other error without details (an unknown method, say) keeps its
+///   code and gains an ErrorInfo naming it.
 fn contract_errors<B: Default>(
     result: Result<http::Response<B>, BoxError>,
 ) -> Result<http::Response<B>, BoxError> {
-    match result {
-        Err(error) if error.is::<Overloaded>() => Ok(error::status(
-            Code::ResourceExhausted,
-            "the server is at its limit of concurrent calls; retry with backoff",
-            "OVERLOADED",
-        )
-        .into_http()),
-        Ok(response) if is_status(&response, Code::OutOfRange) => Ok(error::status(
+    let response = match result {
+        Err(error) if error.is::<Overloaded>() => {
+            return Ok(error::status(
+                Code::ResourceExhausted,
+                "the server is at its limit of concurrent calls; retry with backoff",
+                "OVERLOADED",
+            )
+            .into_http());
+        }
+        Err(error) => return Err(error),
+        Ok(response) => response,
+    };
+    let Some(code) = header_status(&response) else {
+        return Ok(response);
+    };
+    if code == Code::Ok || response.headers().contains_key("grpc-status-details-bin") {
+        return Ok(response);
+    }
+    let status = match code {
+        Code::OutOfRange => error::status(
             Code::ResourceExhausted,
             "the request is larger than the server accepts",
             "REQUEST_TOO_LARGE",
-        )
-        .into_http()),
-        other => other,
-    }
+        ),
+        Code::Internal => error::malformed_request(),
+        code => {
+            let message = response
+                .headers()
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .filter(|m| !m.is_empty())
+                .unwrap_or("the request cannot be served")
+                .to_owned();
+            let reason = format!("{code:?}")
+                .chars()
+                .fold(String::new(), |mut out, c| {
+                    if c.is_uppercase() && !out.is_empty() {
+                        out.push('_');
+                    }
+                    out.push(c.to_ascii_uppercase());
+                    out
+                });
+            error::status(code, &message, &reason)
+        }
+    };
+    Ok(status.into_http())
 }
 
-fn is_status<B>(response: &http::Response<B>, code: Code) -> bool {
-    let code = (code as i32).to_string();
-    response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == code.as_bytes())
+/// The status in a trailers-only reply's headers, if there is one.
+fn header_status<B>(response: &http::Response<B>) -> Option<Code> {
+    let value = response.headers().get("grpc-status")?.to_str().ok()?;
+    value.parse::<i32>().ok().map(Code::from)
 }
 
 /// Deletes expired idempotency records every few minutes until shutdown.

@@ -14,8 +14,10 @@ use customers::api::pb::{
     self, AttachSourceRequest, CreateCustomerRequest, DeleteCustomerRequest, DetachSourceRequest,
     GetCustomerRequest, ListCustomersRequest, UpdateCustomerRequest,
 };
+use customers::config::LogFormat;
 use prost_types::FieldMask;
 use support::TestApp;
+use tracing_subscriber::EnvFilter;
 
 /// Everything the subscriber wrote.
 #[derive(Clone, Default)]
@@ -84,13 +86,15 @@ fn customer(id: &str) -> pb::Customer {
 }
 
 #[tokio::test]
-async fn every_kind_of_call_leaves_no_personal_value_in_the_logs() {
+async fn every_kind_of_call_logs_json_lines_without_personal_values() {
     let captured = Captured::default();
     let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .init();
+    customers::telemetry::init_with(
+        LogFormat::Json,
+        EnvFilter::new("trace"),
+        move || writer.clone(),
+        false,
+    );
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
 
@@ -222,5 +226,36 @@ async fn every_kind_of_call_leaves_no_personal_value_in_the_logs() {
     assert!(
         !logs.to_lowercase().contains("zqlog"),
         "a personal value was logged in another form"
+    );
+
+    // The JSON line that ends a call carries the fields operators filter on.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "call finished")
+        .collect();
+    let create = lines
+        .iter()
+        .find(|l| l["span"]["method"] == "CreateCustomer" && l["span"]["code"] == "Ok")
+        .unwrap_or_else(|| {
+            panic!(
+                "no finished CreateCustomer line among {} call lines",
+                lines.len()
+            )
+        });
+    let span = &create["span"];
+    assert_eq!(
+        (span["name"].as_str(), span["customer_id"].as_str()),
+        (Some("rpc"), Some("cus_log"))
+    );
+    assert!(span["duration_ms"].as_f64().is_some(), "{span}");
+    assert!(
+        uuid::Uuid::parse_str(span["request_id"].as_str().unwrap()).is_ok(),
+        "{span}"
+    );
+    assert_eq!(create["level"], "DEBUG");
+    assert!(
+        lines.iter().any(|l| l["span"]["code"] == "Aborted"),
+        "failed calls have lines too"
     );
 }

@@ -157,7 +157,6 @@ fn parse_tax_identifiers(
                 values.len()
             ),
         );
-        return Vec::new();
     }
     let mut parsed: Vec<TaxIdentifier> = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {

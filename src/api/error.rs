@@ -16,6 +16,10 @@ use crate::store::StoreError;
 /// `ErrorInfo.domain` of every error this service sends.
 pub const ERROR_DOMAIN: &str = "customers.v1";
 
+/// Most bytes of field violations sent in one status (base64 in a header,
+/// so about 4/3 of this on the wire).
+const MAX_DETAILS_BYTES: usize = 4096;
+
 /// A status with an `ErrorInfo` of `reason`.
 pub fn status(code: Code, message: &str, reason: &str) -> Status {
     let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
@@ -25,13 +29,19 @@ pub fn status(code: Code, message: &str, reason: &str) -> Status {
 /// INVALID_ARGUMENT listing every violation. The reason is
 /// `MISSING_PARAMETER` when a required value is absent, else
 /// `INVALID_PARAMETER`.
+///
+/// The details travel in a response header, which clients cap at 8 KiB or
+/// more; a request with so many bad fields that their list would pass
+/// [`MAX_DETAILS_BYTES`] gets the first ones, and the message and the
+/// ErrorInfo metadata say how many there were.
 pub fn invalid_argument(violations: Violations) -> Status {
     let reason = if violations.has_missing() {
         "MISSING_PARAMETER"
     } else {
         "INVALID_PARAMETER"
     };
-    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    let total = violations.iter().count();
+    let mut budget = MAX_DETAILS_BYTES;
     let fields: Vec<tonic_types::FieldViolation> = violations
         .into_iter()
         .map(|v| {
@@ -39,14 +49,33 @@ pub fn invalid_argument(violations: Violations) -> Status {
             field.reason = v.reason.as_str().to_owned();
             field
         })
+        .take_while(|f| {
+            let size = f.field.len() + f.description.len() + f.reason.len() + 16;
+            let fits = size <= budget;
+            budget = budget.saturating_sub(size);
+            fits
+        })
         .collect();
-    let message = match fields.len() {
-        1 => format!(
+    let listed = fields.len();
+    let metadata = if listed < total {
+        HashMap::from([
+            ("violations".to_owned(), total.to_string()),
+            ("listed".to_owned(), listed.to_string()),
+        ])
+    } else {
+        HashMap::new()
+    };
+    let message = match (total, listed) {
+        (1, 1) => format!(
             "invalid field {}: {}",
             fields[0].field, fields[0].description
         ),
-        n => format!("{n} fields are invalid; see the BadRequest details"),
+        (n, m) if m < n => {
+            format!("{n} fields are invalid; the BadRequest details list the first {m}")
+        }
+        (n, _) => format!("{n} fields are invalid; see the BadRequest details"),
     };
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     details.set_bad_request(fields);
     Status::with_error_details(Code::InvalidArgument, message, details)
 }

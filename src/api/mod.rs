@@ -5,10 +5,12 @@ mod auth;
 pub mod codec;
 mod convert;
 pub mod error;
+mod observe;
 mod page_token;
 mod service;
 
 pub use auth::Authenticator;
+pub use observe::ObserveLayer;
 pub use page_token::PageTokens;
 pub use service::CustomerApi;
 

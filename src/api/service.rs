@@ -11,6 +11,7 @@ use super::convert::{
     customer_to_proto, masked, parse_id, parse_profile, parse_timestamp, resolve_mask,
 };
 use super::error::invalid_argument;
+use super::observe::record_customer;
 use super::page_token::PageTokens;
 use super::pb::{self, customer_service_server::CustomerService};
 use crate::domain::{
@@ -157,7 +158,6 @@ fn check(violations: Violations) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl CustomerService for CustomerApi {
-    #[tracing::instrument(name = "CreateCustomer", skip_all, fields(customer_id))]
     async fn create_customer(
         &self,
         request: Request<pb::CreateCustomerRequest>,
@@ -188,7 +188,7 @@ impl CustomerService for CustomerApi {
         );
         check(violations)?;
         let id = id.expect("a valid request has an id");
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
         // No source can be attached before the customer exists.
         if profile.default_source_id.is_some() {
@@ -206,7 +206,6 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(customer_to_proto(created)))
     }
 
-    #[tracing::instrument(name = "GetCustomer", skip_all, fields(customer_id))]
     async fn get_customer(
         &self,
         request: Request<pb::GetCustomerRequest>,
@@ -217,13 +216,12 @@ impl CustomerService for CustomerApi {
         let id = parse_id("id", &request.id, &mut violations);
         check(violations)?;
         let id = id.expect("a valid request has an id");
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
         let customer = self.store.get(&scope, &id).await?;
         Ok(Response::new(customer_to_proto(customer)))
     }
 
-    #[tracing::instrument(name = "UpdateCustomer", skip_all, fields(customer_id))]
     async fn update_customer(
         &self,
         request: Request<pb::UpdateCustomerRequest>,
@@ -237,6 +235,7 @@ impl CustomerService for CustomerApi {
         };
 
         let id = parse_id("customer.id", &customer.id, &mut violations);
+        let etag = Etag::parse_guard("customer.etag", &customer.etag, &mut violations);
         let mask = resolve_mask(request.update_mask.as_ref(), &customer, &mut violations);
         let values = masked(&mask, &customer);
         let profile = parse_profile("customer", &values, &mut violations);
@@ -254,9 +253,8 @@ impl CustomerService for CustomerApi {
         };
         check(violations)?;
         let id = id.expect("a valid request has an id");
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
-        let etag = (!customer.etag.is_empty()).then(|| Etag::from_trusted(customer.etag));
         let patch = CustomerPatch {
             mask,
             values: profile,
@@ -270,7 +268,6 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(customer_to_proto(updated)))
     }
 
-    #[tracing::instrument(name = "ListCustomers", skip_all, fields(count))]
     async fn list_customers(
         &self,
         request: Request<pb::ListCustomersRequest>,
@@ -303,14 +300,13 @@ impl CustomerService for CustomerApi {
             (true, Some(cursor)) => self.tokens.issue(&scope, &query.filter, &cursor),
             _ => String::new(),
         };
-        tracing::Span::current().record("count", customers.len());
+        tracing::debug!(count = customers.len(), "page listed");
         Ok(Response::new(pb::ListCustomersResponse {
             customers,
             next_page_token,
         }))
     }
 
-    #[tracing::instrument(name = "DeleteCustomer", skip_all, fields(customer_id))]
     async fn delete_customer(
         &self,
         request: Request<pb::DeleteCustomerRequest>,
@@ -319,17 +315,16 @@ impl CustomerService for CustomerApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let id = parse_id("id", &request.id, &mut violations);
+        let etag = Etag::parse_guard("etag", &request.etag, &mut violations);
         check(violations)?;
         let id = id.expect("a valid request has an id");
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
-        let etag = (!request.etag.is_empty()).then(|| Etag::from_trusted(request.etag));
         self.store.delete(&scope, &id, etag.as_ref()).await?;
         tracing::debug!("customer deleted");
         Ok(Response::new(()))
     }
 
-    #[tracing::instrument(name = "AttachSource", skip_all, fields(customer_id))]
     async fn attach_source(
         &self,
         request: Request<pb::AttachSourceRequest>,
@@ -337,13 +332,12 @@ impl CustomerService for CustomerApi {
         let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
         let customer = self.store.attach_source(&scope, &id, &source).await?;
         Ok(Response::new(customer_to_proto(customer)))
     }
 
-    #[tracing::instrument(name = "DetachSource", skip_all, fields(customer_id))]
     async fn detach_source(
         &self,
         request: Request<pb::DetachSourceRequest>,
@@ -351,7 +345,7 @@ impl CustomerService for CustomerApi {
         let scope = self.auth.scope(request.metadata()).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
-        tracing::Span::current().record("customer_id", id.as_str());
+        record_customer(id.as_str());
 
         let customer = self.store.detach_source(&scope, &id, &source).await?;
         Ok(Response::new(customer_to_proto(customer)))

@@ -9,7 +9,7 @@ use super::error::CustomerError;
 use super::locale::Locale;
 use super::metadata::Metadata;
 use super::tax::TaxIdentifier;
-use super::text::identifier;
+use super::text::{bounded_text, identifier};
 use super::update_mask::{Leaf, UpdateMask};
 use super::violations::Violations;
 
@@ -17,6 +17,8 @@ use super::violations::Violations;
 const MAX_CUSTOMER_ID_CHARS: usize = 40;
 /// Longest source id, in characters.
 const MAX_SOURCE_ID_CHARS: usize = 100;
+/// Longest etag a client may send.
+const MAX_ETAG_CHARS: usize = 64;
 /// Most sources one customer may have.
 pub const MAX_SOURCES: usize = 25;
 
@@ -102,9 +104,19 @@ impl Etag {
         Self(format!("{:016x}", rand::random::<u64>()))
     }
 
-    /// Wraps a tag read back from the store or sent by a client.
+    /// Wraps a tag read back from the store.
     pub fn from_trusted(value: String) -> Self {
         Self(value)
+    }
+
+    /// The etag a client sent to guard a write: `None` when empty (no
+    /// guard). Any other text is compared as is, but it must be short and
+    /// free of control characters like every other string.
+    pub fn parse_guard(field: &str, value: &str, violations: &mut Violations) -> Option<Self> {
+        if value.is_empty() {
+            return None;
+        }
+        bounded_text(field, value, MAX_ETAG_CHARS, violations).map(Self)
     }
 
     /// The tag as text.

@@ -29,7 +29,10 @@ impl EmailAddress {
             .without_domain_literal()
             .without_display_text();
         let quoted = text.starts_with('"');
-        if quoted || email_address::EmailAddress::parse_with_options(&text, options).is_err() {
+        if quoted
+            || email_address::EmailAddress::parse_with_options(&text, options).is_err()
+            || !is_host_name(text.rsplit_once('@').map(|(_, d)| d).unwrap_or(""))
+        {
             violations.add(
                 field,
                 Reason::InvalidFormat,
@@ -54,6 +57,23 @@ impl EmailAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `domain` is a host name: labels of letters (any script), digits
+/// and inner hyphens, and a top-level label that is not all digits. The
+/// crate accepts `a@192.0.2.1` and `a@exa_mple.com`; no mail goes there.
+fn is_host_name(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    let top_ok = labels
+        .last()
+        .is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit()));
+    labels.len() >= 2 && labels.iter().all(label_ok) && top_ok
 }
 
 #[cfg(test)]
@@ -83,6 +103,10 @@ mod tests {
             "@example.com",
             "ana@@example.com",
             "ana@example..com",
+            "ana@192.0.2.1",
+            "ana@exa_mple.com",
+            "ana@exa%mple.com",
+            "ana@example.123",
         ] {
             assert!(!accepts(value), "{value}");
         }

@@ -34,8 +34,18 @@ pub fn bounded_text(
     Some(value.to_owned())
 }
 
+/// Invisible formatting characters (Unicode category Cf, the common ones):
+/// in an id they would make two different ids look the same.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
 /// Checks an identifier: 1..=`max_chars` characters, no control characters,
-/// no whitespace and no `/` (ids appear in resource paths and logs).
+/// no whitespace, no invisible formatting characters, no `/`, and not `.`
+/// or `..` (ids appear in resource paths and logs).
 pub fn identifier(
     field: &str,
     value: &str,
@@ -47,11 +57,16 @@ pub fn identifier(
         return None;
     }
     let text = bounded_text(field, value, max_chars, violations)?;
-    if text.chars().any(|c| c.is_whitespace() || c == '/') {
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || is_invisible(c))
+        || text == "."
+        || text == ".."
+    {
         violations.add(
             field,
             Reason::ForbiddenCharacter,
-            "must not contain whitespace or '/'",
+            "must not contain whitespace, invisible characters or '/', nor be '.' or '..'",
         );
         return None;
     }
@@ -82,6 +97,9 @@ mod tests {
             ("a b", Reason::ForbiddenCharacter),
             ("a/b", Reason::ForbiddenCharacter),
             ("a\u{00a0}b", Reason::ForbiddenCharacter),
+            ("cus\u{200b}", Reason::ForbiddenCharacter),
+            ("\u{202e}cus", Reason::ForbiddenCharacter),
+            ("..", Reason::ForbiddenCharacter),
             ("a\0b", Reason::ControlCharacter),
             ("a\u{7f}", Reason::ControlCharacter),
             ("", Reason::Required),

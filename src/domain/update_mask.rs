@@ -77,7 +77,12 @@ impl Leaf {
     }
 }
 
-/// OUTPUT_ONLY fields and the immutable id: named in a mask, they are ignored.
+/// Most paths in one mask; a customer has far fewer fields.
+const MAX_PATHS: usize = 100;
+
+/// OUTPUT_ONLY fields and the immutable id: named in a mask, they are
+/// ignored. Their sub-paths (`id.x`, `create_time.seconds`) are not fields a
+/// client could mean, so they are reported as unknown.
 const IGNORED: &[&str] = &[
     "id",
     "sources",
@@ -101,6 +106,14 @@ impl UpdateMask {
     /// reported on `update_mask.paths[i]`.
     pub fn parse(paths: &[String], violations: &mut Violations) -> UpdateMask {
         let mut mask = UpdateMask::default();
+        if paths.len() > MAX_PATHS {
+            violations.add(
+                "update_mask.paths",
+                Reason::TooMany,
+                format!("must have at most {MAX_PATHS} paths"),
+            );
+            return mask;
+        }
         for (index, path) in paths.iter().enumerate() {
             if !mask.add_path(path) {
                 violations.add(
@@ -136,8 +149,7 @@ impl UpdateMask {
             self.leaves.extend(Leaf::ALL.iter().map(|(leaf, _)| *leaf));
             return true;
         }
-        let head = path.split('.').next().unwrap_or(path);
-        if IGNORED.contains(&head) {
+        if IGNORED.contains(&path) {
             return true;
         }
         if let Some(key) = path.strip_prefix("metadata.") {

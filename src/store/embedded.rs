@@ -14,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::{Uid, User, chown};
 
 /// File in the data directory that holds the superuser password.
@@ -34,6 +35,11 @@ pub enum EmbeddedError {
         "running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as"
     )]
     NoUnprivilegedUser,
+    #[error(
+        "another customer-service uses the data directory {0} (its lock file {0}.lock is held); \
+         stop it, or give this one another DATA_DIR"
+    )]
+    InUse(String),
     #[error("{command} failed: {detail}")]
     Command { command: String, detail: String },
     #[error("{context}: {source}")]
@@ -58,6 +64,9 @@ pub struct EmbeddedPostgres {
     run_as: Option<User>,
     port: u16,
     url: String,
+    /// Held for as long as this process owns the data directory; the
+    /// kernel releases it when the process ends, however it ends.
+    _lock: Option<Flock<std::fs::File>>,
 }
 
 impl EmbeddedPostgres {
@@ -71,6 +80,7 @@ impl EmbeddedPostgres {
             None => find_binaries().ok_or(EmbeddedError::BinariesNotFound)?,
         };
         let run_as = unprivileged_user()?;
+        let lock = lock_data_dir(data_dir)?;
         let port = free_port()?;
         let server = EmbeddedPostgres {
             bin_dir,
@@ -78,6 +88,7 @@ impl EmbeddedPostgres {
             run_as,
             port,
             url: String::new(),
+            _lock: Some(lock),
         };
 
         if !data_dir.join("PG_VERSION").exists() {
@@ -184,12 +195,19 @@ impl EmbeddedPostgres {
     /// Creates the cluster: UTF-8, password authentication for every
     /// connection, listening on loopback TCP only.
     fn init(&self) -> Result<(), EmbeddedError> {
-        let data_dir = &self.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(io_error(format!("creating {}", data_dir.display())))?;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        // Built beside the data directory and renamed into place once
+        // complete, so that an interrupted first start leaves nothing that
+        // looks like a cluster.
+        let staging = staging_dir(&self.data_dir);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(io_error(format!("removing {}", staging.display())))?;
+        }
+        std::fs::create_dir_all(&staging)
+            .map_err(io_error(format!("creating {}", staging.display())))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(io_error("restricting the data directory"))?;
-        self.hand_over(data_dir)?;
+        self.hand_over(&staging)?;
 
         let password = format!("{:032x}", rand::random::<u128>());
         let mut password_file =
@@ -203,7 +221,7 @@ impl EmbeddedPostgres {
             "initdb",
             &[
                 "--pgdata",
-                &data_dir.to_string_lossy(),
+                &staging.to_string_lossy(),
                 "--username=postgres",
                 "--auth=scram-sha-256",
                 &format!("--pwfile={}", password_file.path().display()),
@@ -215,7 +233,7 @@ impl EmbeddedPostgres {
 
         let settings = "\n# Written by customer-service: loopback TCP only, no Unix socket.\n\
                         listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n";
-        let conf = data_dir.join("postgresql.conf");
+        let conf = staging.join("postgresql.conf");
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&conf)
@@ -223,11 +241,22 @@ impl EmbeddedPostgres {
         file.write_all(settings.as_bytes())
             .map_err(io_error("writing postgresql.conf"))?;
 
-        let password_path = data_dir.join(PASSWORD_FILE);
+        let password_path = staging.join(PASSWORD_FILE);
         std::fs::write(&password_path, &password).map_err(io_error("storing the password"))?;
         std::fs::set_permissions(&password_path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_error("restricting the password file"))?;
-        tracing::info!(data_dir = %data_dir.display(), "initialised a new PostgreSQL cluster");
+        if self.data_dir.exists() {
+            // An empty directory made beforehand is fine to replace.
+            std::fs::remove_dir(&self.data_dir).map_err(io_error(format!(
+                "{} exists but holds no cluster",
+                self.data_dir.display()
+            )))?;
+        }
+        std::fs::rename(&staging, &self.data_dir).map_err(io_error(format!(
+            "moving the new cluster to {}",
+            self.data_dir.display()
+        )))?;
+        tracing::info!(data_dir = %self.data_dir.display(), "initialised a new PostgreSQL cluster");
         Ok(())
     }
 
@@ -267,6 +296,40 @@ impl EmbeddedPostgres {
         command
             .output()
             .map_err(io_error(format!("running {program}")))
+    }
+}
+
+/// `<data_dir>.init`, where a new cluster is built.
+fn staging_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".init");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive lock `<data_dir>.lock`, creating the parent folders.
+/// Two services on one data directory would stop each other's server.
+fn lock_data_dir(data_dir: &Path) -> Result<Flock<std::fs::File>, EmbeddedError> {
+    if let Some(parent) = data_dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(io_error(format!("creating {}", parent.display())))?;
+    }
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(format!("opening {}", path.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(locked),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err(EmbeddedError::InUse(data_dir.display().to_string()))
+        }
+        Err((_, errno)) => Err(io_error(format!("locking {}", path.display()))(
+            errno.into(),
+        )),
     }
 }
 

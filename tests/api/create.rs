@@ -311,7 +311,7 @@ async fn each_validation_rule_reports_its_field_path_and_reason() {
         (
             Box::new(|c| {
                 c.tax_identifiers = (0..11)
-                    .map(|i| tax("us_ein", &format!("12345678{i}")))
+                    .map(|i| tax("us_ein", &format!("1234567{i:02}")))
                     .collect()
             }),
             "customer.tax_identifiers",

@@ -7,6 +7,7 @@ mod erasure;
 mod get;
 mod idempotency;
 mod list;
+mod operations;
 mod resilience;
 mod security;
 mod sources;

@@ -119,6 +119,7 @@ pub async fn issue_key(db: &PgPool, account: &str, live_mode: bool) -> String {
 /// A running server and what a test needs to talk to it and look behind it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     /// Acts for the test-mode default account.
     pub client: Client,
     /// A direct connection to the service's database, to check rows.
@@ -143,6 +144,7 @@ impl TestApp {
             .await
             .expect("building the server");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
@@ -156,6 +158,7 @@ impl TestApp {
         let key = issue_key(&db, "acct_default", false).await;
         TestApp {
             addr,
+            metrics_addr,
             client: client_with_key(channel, &key),
             db,
             database_url,

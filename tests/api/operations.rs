@@ -1,0 +1,345 @@
+//! What operators rely on: metrics, request ids, error details on every
+//! refusal, bounded shutdown, one service per data directory.
+
+use std::time::{Duration, Instant};
+
+use customers::api::pb::{self, CreateCustomerRequest, GetCustomerRequest, UpdateCustomerRequest};
+use customers::config::Config;
+use customers::startup::Application;
+use prost_types::FieldMask;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+use crate::support::{TestApp, assert_error, violations};
+
+/// The body of `GET /metrics`.
+async fn scrape(app: &TestApp) -> String {
+    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_code_and_show_the_pool() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    for id in ["cus_1", "cus_2"] {
+        let customer = pb::Customer {
+            id: id.into(),
+            ..Default::default()
+        };
+        client
+            .create_customer(CreateCustomerRequest {
+                customer: Some(customer),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .get_customer(GetCustomerRequest { id: "cus_1".into() })
+        .await
+        .unwrap();
+    client
+        .get_customer(GetCustomerRequest {
+            id: "cus_none".into(),
+        })
+        .await
+        .unwrap_err();
+
+    let metrics = scrape(&app).await;
+
+    let calls = |method: &str, code: &str| {
+        let series = format!(
+            "customers_grpc_calls_total{{grpc_service=\"customers.v1.CustomerService\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+        );
+        sample(&metrics, &series)
+    };
+    assert_eq!(calls("CreateCustomer", "Ok"), Some(2.0), "{metrics}");
+    assert_eq!(calls("GetCustomer", "Ok"), Some(1.0));
+    assert_eq!(calls("GetCustomer", "NotFound"), Some(1.0));
+    let latency_count = "customers_grpc_call_duration_seconds_count{grpc_service=\"customers.v1.CustomerService\",grpc_method=\"GetCustomer\"}";
+    assert_eq!(sample(&metrics, latency_count), Some(2.0));
+    assert!(sample(&metrics, "customers_db_pool_connections").unwrap() >= 1.0);
+    assert_eq!(
+        sample(&metrics, "customers_db_pool_max_connections"),
+        Some(16.0)
+    );
+    assert_eq!(sample(&metrics, "customers_embedded_postgres"), Some(0.0));
+    assert!(metrics.contains("customers_database_up"));
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_or_generated() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+
+    let mut request = tonic::Request::new(GetCustomerRequest {
+        id: "cus_none".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-4711".parse().unwrap());
+    let echoed = client.get_customer(request).await.unwrap_err();
+    let created = client
+        .create_customer(CreateCustomerRequest::default())
+        .await
+        .unwrap();
+
+    assert_eq!(echoed.metadata().get("x-request-id").unwrap(), "trace-4711");
+    let generated = created
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+}
+
+#[tokio::test]
+async fn refusals_from_the_grpc_layer_carry_error_info_too() {
+    let app = TestApp::spawn().await;
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+
+    let unknown = grpc
+        .unary(
+            tonic::Request::new(GetCustomerRequest::default()),
+            PathAndQuery::from_static("/customers.v1.CustomerService/Nope"),
+            tonic_prost::ProstCodec::<GetCustomerRequest, pb::Customer>::default(),
+        )
+        .await
+        .unwrap_err();
+
+    assert_error(&unknown, Code::Unimplemented, "UNIMPLEMENTED");
+}
+
+#[tokio::test]
+async fn too_many_violations_are_listed_within_a_header_sized_budget() {
+    let app = TestApp::spawn().await;
+    let customer = pb::Customer {
+        metadata: (0..50)
+            .map(|i| (format!("key-{i:02}-{}", "k".repeat(30)), "v".repeat(501)))
+            .collect(),
+        tax_identifiers: (0..10)
+            .map(|_| pb::TaxIdentifier {
+                r#type: "eu_vat".into(),
+                value: "XX1".into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let paths: Vec<String> = (0..101).map(|i| format!("bogus{i}")).collect();
+
+    let error = app
+        .client
+        .clone()
+        .create_customer(CreateCustomerRequest {
+            customer: Some(customer),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let masked = app
+        .client
+        .clone()
+        .update_customer(UpdateCustomerRequest {
+            customer: Some(pb::Customer {
+                id: "cus_1".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths }),
+        })
+        .await
+        .unwrap_err();
+
+    assert_error(&error, Code::InvalidArgument, "INVALID_PARAMETER");
+    assert!(
+        error.details().len() < 6 * 1024,
+        "{} bytes of details",
+        error.details().len()
+    );
+    let info = error.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["violations"], "60");
+    assert!(info.metadata["listed"].parse::<usize>().unwrap() < 60);
+    assert_eq!(
+        violations(&masked),
+        [("update_mask.paths".to_owned(), "TOO_MANY".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn an_etag_with_control_characters_is_invalid() {
+    let app = TestApp::spawn().await;
+    let customer = pb::Customer {
+        id: "cus_1".into(),
+        etag: "\0abc".into(),
+        ..Default::default()
+    };
+
+    let error = app
+        .client
+        .clone()
+        .update_customer(UpdateCustomerRequest {
+            customer: Some(customer),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        violations(&error),
+        [("customer.etag".to_owned(), "CONTROL_CHARACTER".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn an_open_health_watch_delays_shutdown_only_by_the_grace_period() {
+    let mut app = TestApp::spawn_with(|config| config.shutdown_grace_ms = 500).await;
+    let mut health = HealthClient::new(app.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.next().await.unwrap().unwrap();
+
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn health_stays_serving_while_slow_calls_hold_every_pooled_connection() {
+    let app = TestApp::spawn_with(|config| config.db_max_connections = 2).await;
+    app.create(pb::Customer {
+        id: "cus_busy".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE id = 'cus_busy' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let busy: Vec<_> = (0..2)
+        .map(|i| {
+            let mut client = app.client.clone();
+            let customer = pb::Customer {
+                id: "cus_busy".into(),
+                locale: Some(["en_US", "de_DE"][i].into()),
+                ..Default::default()
+            };
+            tokio::spawn(async move {
+                client
+                    .update_customer(UpdateCustomerRequest {
+                        customer: Some(customer),
+                        update_mask: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut health = HealthClient::new(app.channel().await);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        statuses.push(status);
+    }
+    lock.commit().await.unwrap();
+    for call in busy {
+        call.await.unwrap().unwrap();
+    }
+
+    assert!(
+        statuses.iter().all(|s| *s == ServingStatus::Serving as i32),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_service_on_the_same_data_directory_refuses_to_start_and_leaves_the_first_alone() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A staging folder left by an interrupted first start is cleaned up.
+    std::fs::create_dir_all(root.path().join("pgdata.init/garbage")).unwrap();
+    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
+    config.database_url = None;
+    config.data_dir = Some(root.path().join("pgdata"));
+    let first = Application::build(&config).await.unwrap();
+    let addr = first.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(first.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let second = Application::build(&config).await;
+
+    let error = second
+        .err()
+        .expect("the second service must not start")
+        .to_string();
+    assert!(
+        error.contains("starting the embedded PostgreSQL"),
+        "{error}"
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let key = std::fs::read_to_string(config.quickstart_key_file()).unwrap();
+    let mut client = crate::support::client_with_key(channel, key.trim());
+    client
+        .create_customer(CreateCustomerRequest::default())
+        .await
+        .expect("the first still serves");
+    assert!(!root.path().join("pgdata.init").exists());
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
