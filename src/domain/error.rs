@@ -4,7 +4,7 @@ use super::violations::Violations;
 
 /// A refusal that the client can act on. Each variant maps to exactly one
 /// gRPC code and `ErrorInfo.reason` in the API layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CustomerError {
     #[error("the request has invalid fields")]
     Invalid(Violations),

@@ -6,6 +6,7 @@ use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::StoreError;
+use super::batch::InsertBatcher;
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
     Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
@@ -34,12 +35,16 @@ const IDEMPOTENCY_WINDOW: &str = "24 hours";
 #[derive(Debug, Clone)]
 pub struct CustomerStore {
     pool: PgPool,
+    batcher: InsertBatcher,
 }
 
 impl CustomerStore {
     /// A store over `pool`.
+    /// A store over `pool`. Starts the group-commit workers for creates on
+    /// the current runtime.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let batcher = InsertBatcher::start(pool.clone());
+        Self { pool, batcher }
     }
 
     /// The pool, for health checks.
@@ -65,7 +70,7 @@ impl CustomerStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Customer, StoreError> {
         let Some(key) = key else {
-            return insert_row(&self.pool, scope, id, profile).await;
+            return self.batcher.insert(scope, id, profile).await;
         };
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
@@ -510,7 +515,7 @@ fn unique_violation(error: &sqlx::Error) -> Option<&str> {
     }
 }
 
-fn kind_to_column(kind: CustomerKind) -> i16 {
+pub(super) fn kind_to_column(kind: CustomerKind) -> i16 {
     match kind {
         CustomerKind::Individual => 1,
         CustomerKind::Business => 2,

@@ -4,9 +4,11 @@
 //! there is no query that crosses accounts.
 
 mod api_keys;
+mod batch;
 mod customers;
 pub mod embedded;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -17,8 +19,9 @@ pub use customers::CustomerStore;
 
 use crate::domain::CustomerError;
 
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a store operation failed. Cloneable, because one failed batch
+/// answers every call in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A rule of the domain refused the operation.
     #[error(transparent)]
@@ -26,18 +29,18 @@ pub enum StoreError {
     /// The database could not be reached or is overloaded; the operation
     /// did not commit (or its outcome is unknown) and may be retried.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// Anything else: a bug, or data that breaks an invariant.
     #[error("database error")]
-    Internal(#[source] sqlx::Error),
+    Internal(#[source] Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_transient(&error) {
-            StoreError::Unavailable(error)
+            StoreError::Unavailable(Arc::new(error))
         } else {
-            StoreError::Internal(error)
+            StoreError::Internal(Arc::new(error))
         }
     }
 }

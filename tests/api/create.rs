@@ -519,3 +519,71 @@ fn extra(c: &mut pb::Customer) -> &mut pb::AdditionalAddressInfo {
         .additional_address_info
         .get_or_insert_with(Default::default)
 }
+
+/// Concurrent creates share one INSERT (group commit); each call still gets
+/// its own outcome.
+#[tokio::test]
+async fn concurrent_creates_mixing_new_taken_and_repeated_ids_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    for i in 0..10 {
+        app.create(pb::Customer {
+            id: format!("cus_taken_{i}"),
+            ..Default::default()
+        })
+        .await;
+    }
+    let mut ids: Vec<String> = (0..10).map(|i| format!("cus_taken_{i}")).collect();
+    ids.extend((0..20).map(|i| format!("cus_new_{i}")));
+    ids.extend((0..10).map(|i| format!("cus_new_{i}")));
+
+    let calls: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut client = app.client.clone();
+            let customer = pb::Customer {
+                id: id.clone(),
+                locale: Some("en_GB".into()),
+                ..Default::default()
+            };
+            tokio::spawn(async move { client.create_customer(request(customer)).await })
+        })
+        .collect();
+    let mut outcomes: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    for (id, call) in ids.iter().zip(calls) {
+        let entry = outcomes.entry(id.clone()).or_default();
+        match call.await.unwrap() {
+            Ok(created) => {
+                assert_eq!(created.into_inner().locale.as_deref(), Some("en_GB"));
+                entry.0 += 1;
+            }
+            Err(status) => {
+                assert_error(&status, Code::AlreadyExists, "CUSTOMER_EXISTS");
+                entry.1 += 1;
+            }
+        }
+    }
+
+    for i in 0..10 {
+        assert_eq!(
+            outcomes[&format!("cus_taken_{i}")],
+            (0, 1),
+            "a taken id fails"
+        );
+        assert_eq!(
+            outcomes[&format!("cus_new_{i}")],
+            (1, 1),
+            "a repeated new id succeeds once"
+        );
+    }
+    for i in 10..20 {
+        assert_eq!(outcomes[&format!("cus_new_{i}")], (1, 0));
+    }
+    assert_eq!(app.customer_count().await, 30);
+    let taken_locales: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE id LIKE 'cus_taken_%' AND locale IS NOT NULL",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(taken_locales, 0, "taken ids keep their first customer");
+}

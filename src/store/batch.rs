@@ -1,0 +1,209 @@
+//! Group commit for creates: concurrent CreateCustomer calls without a
+//! request_id share one INSERT statement and so one commit.
+//!
+//! A commit waits for the WAL to reach disk; one commit for many rows is
+//! what lets the service insert faster than one transaction per row. Each
+//! call keeps its own outcome: `ON CONFLICT DO NOTHING` skips rows whose id
+//! exists, and exactly those calls get ALREADY_EXISTS. A batch that fails
+//! (the database went away, say) fails every call in it and wrote nothing,
+//! so no call is ever told "created" for a row that is not committed.
+//! Each row's create_time is the clock when its row was built.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::StoreError;
+use crate::domain::{
+    AccountScope, Customer, CustomerError, CustomerId, CustomerKind, Etag, Profile,
+};
+
+/// Most rows in one statement.
+const MAX_BATCH: usize = 128;
+/// Batches in flight at once: while one commits, the next gathers.
+const WORKERS: usize = 2;
+
+/// One create waiting for its batch.
+struct Pending {
+    scope: AccountScope,
+    id: CustomerId,
+    profile: Profile,
+    reply: oneshot::Sender<Result<Customer, StoreError>>,
+}
+
+/// The sending side; the workers stop once every sender is gone.
+#[derive(Debug, Clone)]
+pub struct InsertBatcher {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("id", &self.id).finish()
+    }
+}
+
+impl InsertBatcher {
+    /// Starts the workers on the current runtime.
+    pub fn start(pool: PgPool) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WORKERS {
+            tokio::spawn(work(pool.clone(), receiver.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Inserts a customer in the next batch and waits for its outcome.
+    /// The queue is unbounded on purpose: the server's concurrency limit
+    /// already bounds how many calls can wait here.
+    pub async fn insert(
+        &self,
+        scope: &AccountScope,
+        id: &CustomerId,
+        profile: &Profile,
+    ) -> Result<Customer, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending {
+            scope: scope.clone(),
+            id: id.clone(),
+            profile: profile.clone(),
+            reply,
+        };
+        if self.queue.send(pending).is_err() {
+            return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed)));
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed))))
+    }
+}
+
+/// Takes whatever is queued (at least one), inserts it, answers, repeats.
+async fn work(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+    let mut carried: Vec<Pending> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut carried);
+        if batch.is_empty() {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(pending) => batch.push(pending),
+                None => return,
+            }
+            drain(&mut receiver, &mut batch);
+        } else if let Ok(mut receiver) = receiver.try_lock() {
+            // Never wait for the queue with creates in hand: the other
+            // worker may hold it, waiting for calls that wait for these.
+            drain(&mut receiver, &mut batch);
+        }
+        // Two creates of one id in one statement: the second waits for the
+        // next batch, where it meets the first as an existing row.
+        let mut seen = HashSet::new();
+        let (batch, repeats): (Vec<Pending>, Vec<Pending>) = batch
+            .into_iter()
+            .partition(|p| seen.insert((p.scope.clone(), p.id.clone())));
+        carried = repeats;
+        // Both workers insert in key order, so two batches that share ids
+        // wait for each other instead of deadlocking.
+        let mut batch = batch;
+        batch.sort_by(|a, b| {
+            (&a.scope.account_id, a.scope.live_mode, &a.id).cmp(&(
+                &b.scope.account_id,
+                b.scope.live_mode,
+                &b.id,
+            ))
+        });
+
+        let etags: Vec<Etag> = batch.iter().map(|_| Etag::generate()).collect();
+        let outcome = insert_batch(&pool, &batch, &etags).await;
+        for (pending, etag) in batch.into_iter().zip(etags) {
+            let key = (
+                pending.scope.account_id.clone(),
+                pending.scope.live_mode,
+                pending.id.as_str().to_owned(),
+            );
+            let result = match &outcome {
+                Ok(created) => match created.get(&key) {
+                    Some(&create_time) => Ok(Customer {
+                        id: pending.id,
+                        profile: pending.profile,
+                        sources: Vec::new(),
+                        forgotten: false,
+                        live_mode: pending.scope.live_mode,
+                        create_time,
+                        update_time: create_time,
+                        etag,
+                    }),
+                    None => Err(CustomerError::AlreadyExists.into()),
+                },
+                Err(error) => Err(error.clone()),
+            };
+            // The caller may have gone (deadline); its row stands either way.
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
+/// Adds what is queued right now, up to a full batch.
+fn drain(receiver: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Owner and id of a row, as the statement returns them.
+type RowKey = (String, bool, String);
+
+/// Inserts the batch in one statement; returns the rows that were inserted
+/// (those whose id was free) with their create_time.
+async fn insert_batch(
+    pool: &PgPool,
+    batch: &[Pending],
+    etags: &[Etag],
+) -> Result<HashMap<RowKey, OffsetDateTime>, StoreError> {
+    let json =
+        |value: serde_json::Result<serde_json::Value>| value.expect("profiles always serialise");
+    let column = |f: &dyn Fn(&Pending) -> Option<String>| batch.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<(String, bool, String, OffsetDateTime)> = sqlx::query_as(
+        "INSERT INTO customers (account_id, live_mode, id, email, shipping, default_source_id,
+             tax_identifiers, locale, customer_type, enabled, metadata, etag, email_folded,
+             create_time, update_time)
+         SELECT a, l, i, e, s, d, t, lo, ty, en, m, et, ef, at, at
+         FROM (SELECT *, clock_timestamp() AS at
+               FROM UNNEST($1::text[], $2::bool[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                           $7::jsonb[], $8::text[], $9::int2[], $10::bool[], $11::jsonb[],
+                           $12::text[], $13::text[]) AS x(a, l, i, e, s, d, t, lo, ty, en, m, et, ef)
+              ) AS rows
+         ON CONFLICT (account_id, live_mode, id) DO NOTHING
+         RETURNING account_id, live_mode, id, create_time",
+    )
+    .bind(batch.iter().map(|p| p.scope.account_id.clone()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.scope.live_mode).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.id.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(column(&|p| p.profile.email.as_ref().map(|e| e.as_str().to_owned())))
+    .bind(batch.iter().map(|p| json(serde_json::to_value(&p.profile.shipping))).collect::<Vec<_>>())
+    .bind(column(&|p| p.profile.default_source_id.as_ref().map(|s| s.as_str().to_owned())))
+    .bind(batch.iter().map(|p| json(serde_json::to_value(&p.profile.tax_identifiers))).collect::<Vec<_>>())
+    .bind(column(&|p| p.profile.locale.as_ref().map(|l| l.as_str().to_owned())))
+    .bind(batch.iter().map(|p| kind_to_column(p.profile.kind)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.profile.enabled).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| json(serde_json::to_value(&p.profile.metadata))).collect::<Vec<_>>())
+    .bind(etags.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(column(&|p| p.profile.email.as_ref().map(|e| e.folded())))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(account, live, id, created)| ((account, live, id), created))
+        .collect())
+}
+
+fn kind_to_column(kind: CustomerKind) -> i16 {
+    super::customers::kind_to_column(kind)
+}
