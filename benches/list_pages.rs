@@ -9,13 +9,15 @@
 //! Run: `cargo bench --bench list_pages` (uses DATABASE_URL when set, else a
 //! private PostgreSQL in a temporary directory).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::BenchDatabase;
 use customers::api::pb::ListCustomersRequest;
 use customers::api::pb::customer_service_client::CustomerServiceClient;
 use customers::config::Config;
 use customers::startup::Application;
-use customers::store::embedded::EmbeddedPostgres;
 use sqlx::PgPool;
 
 const CUSTOMERS: i64 = 100_000;
@@ -25,7 +27,9 @@ const SAMPLES: usize = 300;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (base_url, embedded, _dir) = database().await?;
+    let BenchDatabase {
+        base_url, embedded, ..
+    } = common::database().await?;
     let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
     let name = format!("bench_{}", std::process::id());
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -170,25 +174,4 @@ fn print_row(label: &str, samples: &mut [Duration]) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// The server URL without a database name, starting a private PostgreSQL
-/// when DATABASE_URL is not set.
-async fn database() -> anyhow::Result<(String, Option<EmbeddedPostgres>, Option<tempfile::TempDir>)>
-{
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        let base = url[..url.rfind('/').unwrap_or(url.len())].to_owned();
-        return Ok((base, None, None));
-    }
-    let dir = tempfile::tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let data_dir = dir.path().join("pgdata");
-    let embedded =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None)).await??;
-    let url = embedded.url();
-    let base = url[..url.rfind('/').unwrap_or(url.len())].to_owned();
-    Ok((base, Some(embedded), Some(dir)))
 }

@@ -14,15 +14,17 @@
 //! server to use; else a private PostgreSQL starts in a temporary folder).
 //! `BENCH_SECONDS` sets the length of each step (default 4).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::BenchDatabase;
 use customers::api::pb::customer_service_client::CustomerServiceClient;
 use customers::api::pb::{self, CreateCustomerRequest, GetCustomerRequest, ListCustomersRequest};
 use customers::store::KeyStore;
-use customers::store::embedded::EmbeddedPostgres;
 use prost_types::FieldMask;
 use sqlx::PgPool;
 use tonic::service::Interceptor;
@@ -81,7 +83,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let step = Duration::from_secs(seconds);
-    let (base_url, embedded, _dir) = database().await?;
+    let BenchDatabase {
+        base_url, embedded, ..
+    } = common::database().await?;
     let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
     let name = format!("bench_{}", std::process::id());
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -581,31 +585,4 @@ fn num_cpus() -> usize {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// The server URL without a database name, starting a private PostgreSQL
-/// when DATABASE_URL is not set.
-async fn database() -> anyhow::Result<(String, Option<EmbeddedPostgres>, Option<tempfile::TempDir>)>
-{
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok((
-            url[..url.rfind('/').unwrap_or(url.len())].to_owned(),
-            None,
-            None,
-        ));
-    }
-    let dir = tempfile::tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
-    let data_dir = dir.path().join("pgdata");
-    let embedded =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None)).await??;
-    let url = embedded.url().to_owned();
-    Ok((
-        url[..url.rfind('/').unwrap_or(url.len())].to_owned(),
-        Some(embedded),
-        Some(dir),
-    ))
 }

@@ -286,61 +286,15 @@ async fn serve_metrics(
 /// Applies the migrations and exits: the `migrate` subcommand, for
 /// deployments that migrate once per rollout rather than at every start.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let (url, embedded) = tool_database(config).await?;
-    let result = async {
-        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
-        store::migrate(&pool)
-            .await
-            .context("applying database migrations")?;
-        pool.close().await;
-        anyhow::Ok(())
-    }
-    .await;
-    stop_embedded(embedded).await;
-    if result.is_ok() {
-        tracing::info!("migrations applied");
-    }
-    result
-}
-
-/// TLS settings from the configured PEM files, if any.
-fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    tracing::info!(mutual = config.tls_client_ca.is_some(), "serving TLS");
-    Ok(Some(tls))
-}
-
-/// Server reflection over everything this server speaks: both reflection
-/// versions list every service (health included), and the google.rpc error
-/// details are resolvable so that grpcurl can print them.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .include_reflection_service(false)
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    with_migrated_pool(config, |_| async { Ok(()) }).await?;
+    tracing::info!("migrations applied");
+    Ok(())
 }
 
 /// Runs a `keys` subcommand, printing to stdout.
 pub async fn manage_keys(config: &Config, command: &KeysCommand) -> anyhow::Result<()> {
-    let (url, embedded) = tool_database(config).await?;
-    let result = async {
-        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
-        store::migrate(&pool)
-            .await
-            .context("applying database migrations")?;
-        let keys = KeyStore::new(pool.clone());
+    with_migrated_pool(config, |pool| async move {
+        let keys = KeyStore::new(pool);
         match command {
             KeysCommand::Create { account, live } => {
                 let (text, record) = keys.create(account, *live).await?;
@@ -378,12 +332,60 @@ pub async fn manage_keys(config: &Config, command: &KeysCommand) -> anyhow::Resu
                 eprintln!("revoked key {id}");
             }
         }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `work` for a one-shot command on a migrated pool, then closes the
+/// pool and stops an embedded server that was started for the command.
+async fn with_migrated_pool<F, Fut>(config: &Config, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (url, embedded) = tool_database(config).await?;
+    let result = async {
+        let pool = store::connect(&url, &config.pool_settings()).context("invalid database URL")?;
+        store::migrate(&pool)
+            .await
+            .context("applying database migrations")?;
+        let outcome = work(pool.clone()).await;
         pool.close().await;
-        anyhow::Ok(())
+        outcome
     }
     .await;
     stop_embedded(embedded).await;
     result
+}
+
+/// TLS settings from the configured PEM files, if any.
+fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    tracing::info!(mutual = config.tls_client_ca.is_some(), "serving TLS");
+    Ok(Some(tls))
+}
+
+/// Server reflection over everything this server speaks: both reflection
+/// versions list every service (health included), and the google.rpc error
+/// details are resolvable so that grpcurl can print them.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The database for a one-shot command: DATABASE_URL, else the embedded

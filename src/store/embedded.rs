@@ -299,6 +299,14 @@ impl EmbeddedPostgres {
     }
 }
 
+/// A new temporary directory that the unprivileged user running PostgreSQL
+/// can enter, for tests and benchmarks that start a throwaway server in it.
+pub fn traversable_temp_dir() -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("customers-pg-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 /// `<data_dir>.init`, where a new cluster is built.
 fn staging_dir(data_dir: &Path) -> PathBuf {
     let mut name = data_dir.as_os_str().to_owned();

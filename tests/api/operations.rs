@@ -301,11 +301,7 @@ async fn health_stays_serving_while_slow_calls_hold_every_pooled_connection() {
 
 #[tokio::test]
 async fn a_second_service_on_the_same_data_directory_refuses_to_start_and_leaves_the_first_alone() {
-    let root = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let root = customers::store::embedded::traversable_temp_dir().unwrap();
     // A staging folder left by an interrupted first start is cleaned up.
     std::fs::create_dir_all(root.path().join("pgdata.init/garbage")).unwrap();
     let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());

@@ -114,11 +114,7 @@ async fn twenty_clients_editing_with_etags_lose_no_acknowledged_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_by_itself() {
-    let root = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let root = customers::store::embedded::traversable_temp_dir().unwrap();
     let data_dir = root.path().join("pgdata");
     let pg = Arc::new(
         tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None))

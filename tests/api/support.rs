@@ -5,7 +5,6 @@
 //! each test gets a fresh database in it and its own server on port 0.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 
 use std::sync::OnceLock;
 
@@ -14,7 +13,7 @@ use customers::api::pb::{self, CreateCustomerRequest};
 use customers::config::Config;
 use customers::startup::Application;
 use customers::store::KeyStore;
-use customers::store::embedded::EmbeddedPostgres;
+use customers::store::embedded::{EmbeddedPostgres, traversable_temp_dir};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -36,12 +35,7 @@ static POSTGRES: OnceLock<SharedPostgres> = OnceLock::new();
 /// Rust runs no destructors for statics.
 fn shared_postgres() -> &'static SharedPostgres {
     POSTGRES.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("customers-test-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = traversable_temp_dir().unwrap().keep();
         let data_dir = root.join("pgdata");
         let server =
             EmbeddedPostgres::start(&data_dir, None).expect("starting the test PostgreSQL");

@@ -185,11 +185,7 @@ async fn a_request_over_the_size_limit_is_resource_exhausted() {
 
 #[tokio::test]
 async fn without_a_database_url_the_service_runs_its_own_postgres_and_keeps_data_across_restarts() {
-    let root = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let root = customers::store::embedded::traversable_temp_dir().unwrap();
     let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
     config.database_url = None;
     config.data_dir = Some(root.path().join("pgdata"));
