@@ -5,6 +5,7 @@
 //! each test gets a fresh database in it and its own server on port 0.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 
 use std::sync::OnceLock;
 
@@ -51,14 +52,17 @@ fn shared_postgres() -> &'static SharedPostgres {
 #[allow(clippy::zombie_processes)]
 fn spawn_watchdog(root: &std::path::Path, data_dir: &std::path::Path) {
     let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+        "trap '' HUP INT TERM; while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
          kill -QUIT $(head -n 1 '{data}/postmaster.pid') 2>/dev/null; sleep 1; rm -rf '{root}'",
         pid = std::process::id(),
         data = data_dir.display(),
         root = root.display(),
     );
+    // A process group of its own, ignoring the signals a killed test run
+    // sends its group, so that it outlives whatever ends the test process.
     std::process::Command::new("sh")
         .args(["-c", &script])
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
