@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin customer-service \
-    && install -D -m 0755 target/release/customer-service /out/customer-service
+    && install -D -s -m 0755 target/release/customer-service /out/customer-service
 
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
