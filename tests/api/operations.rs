@@ -244,35 +244,7 @@ async fn an_open_health_watch_delays_shutdown_only_by_the_grace_period() {
 #[tokio::test]
 async fn health_stays_serving_while_slow_calls_hold_every_pooled_connection() {
     let app = TestApp::spawn_with(|config| config.db_max_connections = 2).await;
-    app.create(pb::Customer {
-        id: "cus_busy".into(),
-        ..Default::default()
-    })
-    .await;
-    let mut lock = app.db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM customers WHERE id = 'cus_busy' FOR UPDATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let busy: Vec<_> = (0..2)
-        .map(|i| {
-            let mut client = app.client.clone();
-            let customer = pb::Customer {
-                id: "cus_busy".into(),
-                locale: Some(["en_US", "de_DE"][i].into()),
-                ..Default::default()
-            };
-            tokio::spawn(async move {
-                client
-                    .update_customer(UpdateCustomerRequest {
-                        customer: Some(customer),
-                        update_mask: None,
-                    })
-                    .await
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = app.blocked_updates("cus_busy", 2).await;
 
     let mut health = HealthClient::new(app.channel().await);
     let mut statuses = Vec::new();
@@ -288,8 +260,8 @@ async fn health_stays_serving_while_slow_calls_hold_every_pooled_connection() {
             .status;
         statuses.push(status);
     }
-    lock.commit().await.unwrap();
-    for call in busy {
+    busy.lock.commit().await.unwrap();
+    for call in busy.calls {
         call.await.unwrap().unwrap();
     }
 

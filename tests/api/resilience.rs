@@ -287,23 +287,7 @@ async fn a_call_past_its_deadline_leaves_nothing_behind() {
 #[tokio::test]
 async fn calls_beyond_the_limit_are_refused_fast_and_memory_stays_bounded() {
     let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 4).await;
-    app.create(pb::Customer {
-        id: "cus_busy".into(),
-        ..Default::default()
-    })
-    .await;
-    let lock = hold_lock(&app.db, "cus_busy").await;
-    let busy: Vec<_> = (0..4)
-        .map(|i| {
-            let mut client = app.client.clone();
-            tokio::spawn(async move {
-                client
-                    .update_customer(set_metadata("cus_busy", &format!("k{i}"), "v", ""))
-                    .await
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = app.blocked_updates("cus_busy", 4).await;
 
     let rss_before = resident_kib();
     let mut slowest = Duration::ZERO;
@@ -325,8 +309,8 @@ async fn calls_beyond_the_limit_are_refused_fast_and_memory_stays_bounded() {
         *codes.entry(error.code()).or_default() += 1;
     }
     let rss_after = resident_kib();
-    lock.commit().await.unwrap();
-    for call in busy {
+    busy.lock.commit().await.unwrap();
+    for call in busy.calls {
         call.await.unwrap().unwrap();
     }
 
@@ -344,23 +328,7 @@ async fn calls_beyond_the_limit_are_refused_fast_and_memory_stays_bounded() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_connections() {
     let mut app = TestApp::spawn().await;
-    app.create(pb::Customer {
-        id: "cus_busy".into(),
-        ..Default::default()
-    })
-    .await;
-    let lock = hold_lock(&app.db, "cus_busy").await;
-    let in_flight: Vec<_> = (0..10)
-        .map(|i| {
-            let mut client = app.client.clone();
-            tokio::spawn(async move {
-                client
-                    .update_customer(set_metadata("cus_busy", &format!("k{i}"), "v", ""))
-                    .await
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = app.blocked_updates("cus_busy", 10).await;
     let addr = app.addr;
     let db = app.db.clone();
 
@@ -370,13 +338,13 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_connections() {
         .unwrap()
         .connect()
         .await;
-    lock.commit().await.unwrap();
+    in_flight.lock.commit().await.unwrap();
 
     assert!(
         new_connection.is_err(),
         "no new connections during shutdown"
     );
-    for call in in_flight {
+    for call in in_flight.calls {
         call.await.unwrap().expect("an in-flight call completes");
     }
     stopping.await.unwrap().unwrap();

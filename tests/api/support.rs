@@ -213,6 +213,55 @@ impl TestApp {
     }
 }
 
+/// Calls held in flight: `count` updates of one customer that wait on its
+/// row lock, which the test holds until it commits the returned
+/// transaction.
+pub struct BlockedUpdates {
+    pub lock: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub calls: Vec<tokio::task::JoinHandle<Result<tonic::Response<pb::Customer>, Status>>>,
+}
+
+impl TestApp {
+    /// Creates customer `id`, locks its row, and starts `count` updates of
+    /// it (each setting metadata `k<i>`) that wait on the lock. Returns once
+    /// they have had time to reach the database.
+    pub async fn blocked_updates(&self, id: &str, count: usize) -> BlockedUpdates {
+        self.create(pb::Customer {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await;
+        let mut lock = self.db.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        let calls = (0..count)
+            .map(|i| {
+                let mut client = self.client.clone();
+                let customer = pb::Customer {
+                    id: id.into(),
+                    metadata: [(format!("k{i}"), "v".to_owned())].into(),
+                    ..Default::default()
+                };
+                let mask = prost_types::FieldMask {
+                    paths: vec![format!("metadata.k{i}")],
+                };
+                tokio::spawn(async move {
+                    let request = pb::UpdateCustomerRequest {
+                        customer: Some(customer),
+                        update_mask: Some(mask),
+                    };
+                    client.update_customer(request).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        BlockedUpdates { lock, calls }
+    }
+}
+
 /// The (field, reason) pairs of a status's BadRequest, in order.
 pub fn violations(status: &Status) -> Vec<(String, String)> {
     status
