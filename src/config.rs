@@ -96,11 +96,11 @@ pub struct Config {
 
     /// Most calls served at once; beyond it calls are refused at once with
     /// RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
-    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64)]
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64, value_parser = at_least_one)]
     pub max_concurrent_calls: usize,
 
     /// Most open database connections.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: u32,
 
     /// How long a call waits for a free database connection before it
@@ -115,7 +115,7 @@ pub struct Config {
     /// Secret that signs ListCustomers page tokens; every replica needs the
     /// same one. Unset: a random key per process, so tokens do not survive
     /// a restart.
-    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true)]
+    #[arg(long, env = "PAGE_TOKEN_KEY", hide_env_values = true, value_parser = signing_key)]
     pub page_token_key: Option<String>,
 
     /// Serve without API keys: every call acts for the default test-mode
@@ -154,6 +154,23 @@ pub struct Config {
     /// Log line format. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A count that must be at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A signing key long enough to be a secret (32 bytes or more).
+fn signing_key(text: &str) -> Result<String, String> {
+    if text.len() < 32 {
+        return Err("must be at least 32 bytes, e.g. `openssl rand -base64 32`".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 impl Config {
@@ -272,6 +289,17 @@ mod tests {
         ]);
         assert!(only_cert.is_err() && only_ca.is_err());
         assert!(both.is_ok());
+    }
+
+    #[test]
+    fn zero_limits_and_short_signing_keys_are_refused() {
+        for args in [
+            &["customer-service", "--db-max-connections", "0"][..],
+            &["customer-service", "--max-concurrent-calls", "0"],
+            &["customer-service", "--page-token-key", "short"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tower::util::MapResultLayer;
 use crate::api::pb::customer_service_server::CustomerServiceServer;
 use crate::api::{Authenticator, CustomerApi, ObserveLayer, PageTokens, error, pb};
 use crate::config::{Config, KeysCommand};
+use crate::domain::{Violations, identifier};
 use crate::metrics::Metrics;
 use crate::store::embedded::EmbeddedPostgres;
 use crate::store::{self, CustomerStore, KeyStore, PoolSettings};
@@ -37,6 +38,8 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired idempotency records are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+/// Longest account id a key may be created for.
+const MAX_ACCOUNT_ID_CHARS: usize = 64;
 /// Name under which the customer service reports its health.
 const SERVICE_NAME: &str = "customers.v1.CustomerService";
 
@@ -265,7 +268,7 @@ async fn serve_metrics(
                 (
                     [(
                         http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
                     metrics.render(),
                 )
@@ -297,6 +300,13 @@ pub async fn manage_keys(config: &Config, command: &KeysCommand) -> anyhow::Resu
         let keys = KeyStore::new(pool);
         match command {
             KeysCommand::Create { account, live } => {
+                let mut violations = Violations::new();
+                if identifier("account", account, MAX_ACCOUNT_ID_CHARS, &mut violations).is_none() {
+                    anyhow::bail!(
+                        "--account must be 1..{MAX_ACCOUNT_ID_CHARS} characters without whitespace, \
+                         control characters or '/'"
+                    );
+                }
                 let (text, record) = keys.create(account, *live).await?;
                 println!("{text}");
                 eprintln!(
@@ -527,13 +537,18 @@ fn contract_errors<B: Default>(
         ),
         Code::Internal => error::malformed_request(),
         code => {
+            // The header is percent-encoded; Status encodes it again.
             let message = response
                 .headers()
                 .get("grpc-message")
                 .and_then(|v| v.to_str().ok())
                 .filter(|m| !m.is_empty())
-                .unwrap_or("the request cannot be served")
-                .to_owned();
+                .map(|m| {
+                    percent_encoding::percent_decode_str(m)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_else(|| "the request cannot be served".to_owned());
             let reason = format!("{code:?}")
                 .chars()
                 .fold(String::new(), |mut out, c| {

@@ -117,7 +117,11 @@ fn cached(
 }
 
 /// The key in `authorization: Bearer <key>`, if the header has that shape.
+/// Two authorization headers are ambiguous, so they count as none.
 fn presented_key(metadata: &MetadataMap) -> Option<PresentedKey> {
+    if metadata.get_all("authorization").iter().count() != 1 {
+        return None;
+    }
     let value = metadata.get("authorization")?;
     if value.len() > MAX_AUTHORIZATION_LEN {
         return None;

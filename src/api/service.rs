@@ -83,7 +83,8 @@ impl CustomerApi {
         let created_before = request
             .created_before
             .as_ref()
-            .and_then(|t| parse_timestamp("created_before", t, &mut violations));
+            .and_then(|t| parse_timestamp("created_before", t, &mut violations))
+            .map(ceil_to_micros);
         if let (Some(after), Some(before)) = (created_after, created_before)
             && after > before
         {
@@ -136,6 +137,19 @@ impl CustomerApi {
             page_size,
             after,
         })
+    }
+}
+
+/// Rounds up to a whole microsecond, the precision of stored times, so that
+/// the exclusive bound `create_time < before` keeps a customer created
+/// within the microsecond below a bound that has nanoseconds. (Rounding the
+/// lower bound down needs nothing: the database does that.)
+fn ceil_to_micros(time: time::OffsetDateTime) -> time::OffsetDateTime {
+    let below = time.nanosecond() % 1000;
+    if below == 0 {
+        time
+    } else {
+        time + time::Duration::nanoseconds(i64::from(1000 - below))
     }
 }
 

@@ -273,6 +273,9 @@ pub struct IdempotencyKey {
     /// (empty when generated) and the parsed profile. Salted by the first
     /// two, so equal requests of different callers do not look alike.
     pub fingerprint: Vec<u8>,
+    /// The id the client asked for, if it chose one. It is still compared
+    /// once erasure has cleared the fingerprint.
+    pub requested_id: Option<CustomerId>,
 }
 
 impl IdempotencyKey {
@@ -301,6 +304,7 @@ impl IdempotencyKey {
         Self {
             request_id: request_id.to_owned(),
             fingerprint: hasher.finalize().to_vec(),
+            requested_id: requested_id.cloned(),
         }
     }
 }

@@ -98,23 +98,38 @@ impl CustomerStore {
             return Ok(customer);
         }
 
-        let (fingerprint, first_id): (Option<Vec<u8>>, String) = sqlx::query_as(
-            "SELECT fingerprint, customer_id FROM idempotency_keys
-             WHERE account_id = $1 AND live_mode = $2 AND request_id = $3",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(&key.request_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (fingerprint, first_id, claimed_at): (Option<Vec<u8>>, String, OffsetDateTime) =
+            sqlx::query_as(
+                "SELECT fingerprint, customer_id, create_time FROM idempotency_keys
+                 WHERE account_id = $1 AND live_mode = $2 AND request_id = $3",
+            )
+            .bind(&scope.account_id)
+            .bind(scope.live_mode)
+            .bind(&key.request_id)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.rollback().await?;
-        // Erasure clears the fingerprint: any replay then gets the scrubbed
-        // customer, since the original request can no longer be compared.
-        if fingerprint.is_some_and(|f| f != key.fingerprint) {
+        // Erasure clears the fingerprint; the requested id, which erasure
+        // keeps, is then all that can still be compared.
+        let reused = match fingerprint {
+            Some(fingerprint) => fingerprint != key.fingerprint,
+            None => key
+                .requested_id
+                .as_ref()
+                .is_some_and(|id| id.as_str() != first_id),
+        };
+        if reused {
             return Err(CustomerError::RequestIdReused.into());
         }
         tracing::debug!("replaying an idempotent create");
-        self.get(scope, &CustomerId::from_trusted(first_id)).await
+        let customer = self.get(scope, &CustomerId::from_trusted(first_id)).await?;
+        // The record and the customer were written in one transaction, so
+        // they share its now(). Another create_time means the first customer
+        // was deleted and its id reused since: that is not this request's.
+        if customer.create_time != claimed_at {
+            return Err(CustomerError::NotFound.into());
+        }
+        Ok(customer)
     }
 
     /// Deletes idempotency records older than 24 hours, a batch at a time so

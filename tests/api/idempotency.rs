@@ -172,6 +172,28 @@ async fn a_replay_returns_the_current_state_and_a_deleted_customer_is_not_found(
         0,
         "a replay never recreates a deleted customer"
     );
+
+    // Someone else creates a customer with the freed id: still not ours.
+    app.create(pb::Customer {
+        id: "cus_1".into(),
+        email: Some("other@example.com".into()),
+        ..Default::default()
+    })
+    .await;
+    let after_reuse = app
+        .client
+        .clone()
+        .create_customer(request(Some(customer_again()), "req-1"))
+        .await
+        .unwrap_err();
+    assert_error(&after_reuse, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+fn customer_again() -> pb::Customer {
+    pb::Customer {
+        id: "cus_1".into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -211,6 +233,19 @@ async fn erasure_clears_the_fingerprint_and_a_replay_returns_the_scrubbed_custom
     );
     assert_eq!(replay.request_to_be_forgotten, Some(true));
     assert_eq!(replay.email, None);
+
+    // The requested id survives erasure, so another id is still a misuse.
+    let other = pb::Customer {
+        id: "cus_other".into(),
+        ..Default::default()
+    };
+    let reused = app
+        .client
+        .clone()
+        .create_customer(request(Some(other), "req-1"))
+        .await
+        .unwrap_err();
+    assert_error(&reused, Code::FailedPrecondition, "REQUEST_ID_REUSED");
 }
 
 #[tokio::test]

@@ -251,6 +251,32 @@ async fn time_bounds_are_exclusive_and_combine_with_other_filters() {
 }
 
 #[tokio::test]
+async fn an_upper_bound_with_nanoseconds_keeps_the_customer_created_just_below_it() {
+    let app = TestApp::spawn().await;
+    let created = app.create(pb::Customer::default()).await;
+    let t = created.create_time.unwrap();
+
+    let bound = |nanos: i32| ListCustomersRequest {
+        ids: vec![created.id.clone()],
+        created_before: Some(Timestamp {
+            seconds: t.seconds,
+            nanos,
+        }),
+        ..Default::default()
+    };
+    let just_after = list(&app, bound(t.nanos + 1)).await.unwrap();
+    let at = list(&app, bound(t.nanos)).await.unwrap();
+
+    assert_eq!(
+        just_after.customers.len(),
+        1,
+        "{t:?} is before {}ns",
+        t.nanos + 1
+    );
+    assert_eq!(at.customers.len(), 0, "the bound is exclusive");
+}
+
+#[tokio::test]
 async fn customers_created_while_paging_cause_no_gaps_or_repeats() {
     let app = TestApp::spawn().await;
     let original: HashSet<String> = create_many(&app, 30, |_| pb::Customer::default())

@@ -55,6 +55,25 @@ async fn missing_and_malformed_authorization_is_unauthenticated() {
 }
 
 #[tokio::test]
+async fn two_authorization_headers_are_refused_even_when_one_is_valid() {
+    let app = TestApp::spawn().await;
+    let key = issue_key(&app.db, "acct_default", false).await;
+    let mut request = tonic::Request::new(get("cus_1"));
+    let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+    request
+        .metadata_mut()
+        .append("authorization", value.clone());
+    request.metadata_mut().append("authorization", value);
+
+    let error = CustomerServiceClient::new(app.channel().await)
+        .get_customer(request)
+        .await
+        .unwrap_err();
+
+    assert_error(&error, Code::Unauthenticated, "API_KEY_MISSING");
+}
+
+#[tokio::test]
 async fn unknown_wrong_and_revoked_keys_get_the_same_answer() {
     let app = TestApp::spawn_with(|config| config.api_key_cache_ms = 0).await;
     let good = issue_key(&app.db, "acct_default", false).await;
@@ -311,6 +330,15 @@ async fn the_keys_command_creates_lists_and_revokes_keys() {
         String::from_utf8(output.stdout).unwrap()
     };
 
+    let bad_account = std::process::Command::new(env!("CARGO_BIN_EXE_customer-service"))
+        .args(["keys", "create", "--account", "acct x"])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        !bad_account.status.success(),
+        "an account with a space is refused"
+    );
     let key = run(&["keys", "create", "--account", "acct_cli", "--live"])
         .trim()
         .to_owned();
