@@ -147,12 +147,14 @@ impl Application {
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
+        let embedded = embedded.map(Arc::new);
         tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics at /metrics");
         let background = [
             tokio::spawn(watch_database(
                 health_pool.clone(),
                 reporter.clone(),
                 metrics.clone(),
+                embedded.clone(),
                 stopping_rx.clone(),
             )),
             tokio::spawn(purge_expired_requests(
@@ -221,7 +223,8 @@ impl Application {
         }
         pool.close().await;
         health_pool.close().await;
-        stop_embedded(embedded).await;
+        // The monitor, the only other holder, has ended.
+        stop_embedded(embedded.and_then(|e| Arc::try_unwrap(e).ok())).await;
         served
     }
 }
@@ -460,10 +463,15 @@ async fn stop_embedded(embedded: Option<EmbeddedPostgres>) {
 
 /// Keeps the health status in step with the database: SERVING only while a
 /// trivial query succeeds. Stops (leaving NOT_SERVING) at shutdown.
+///
+/// With an embedded PostgreSQL it is also its supervisor: when the database
+/// does not answer and the server is no longer running (it crashed, or was
+/// killed), it starts it again on the same port, so the pools reconnect.
 async fn watch_database(
     pool: PgPool,
     reporter: HealthReporter,
     metrics: Arc<Metrics>,
+    embedded: Option<Arc<EmbeddedPostgres>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut last = None;
@@ -472,6 +480,9 @@ async fn watch_database(
         let up = matches!(tokio::time::timeout(HEALTH_INTERVAL, ping).await, Ok(Ok(_)));
         if *stopping.borrow() {
             return;
+        }
+        if let (false, Some(server)) = (up, &embedded) {
+            restart_if_dead(server.clone()).await;
         }
         metrics.set_database_up(up);
         if last != Some(up) {
@@ -493,6 +504,23 @@ async fn watch_database(
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stopping.changed() => return,
         }
+    }
+}
+
+/// Starts the embedded server again if it is not running.
+async fn restart_if_dead(server: Arc<EmbeddedPostgres>) {
+    let restarted = tokio::task::spawn_blocking(move || {
+        if server.is_running() {
+            return Ok(false);
+        }
+        server.restart().map(|()| true)
+    })
+    .await;
+    match restarted {
+        Ok(Ok(true)) => tracing::warn!("the embedded PostgreSQL had stopped: restarted it"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::error!(%error, "restarting the embedded PostgreSQL failed"),
+        Err(error) => tracing::error!(%error, "restarting the embedded PostgreSQL panicked"),
     }
 }
 

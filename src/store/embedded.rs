@@ -187,7 +187,8 @@ impl EmbeddedPostgres {
         check(&output, "pg_ctl stop")
     }
 
-    fn is_running(&self) -> bool {
+    /// Whether the server on the data directory is running.
+    pub fn is_running(&self) -> bool {
         self.pg_ctl(&["status"])
             .is_ok_and(|output| output.status.success())
     }

@@ -311,3 +311,66 @@ async fn a_second_service_on_the_same_data_directory_refuses_to_start_and_leaves
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_embedded_postgres_that_was_killed_is_started_again() {
+    let root = customers::store::embedded::traversable_temp_dir().unwrap();
+    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
+    config.database_url = None;
+    config.data_dir = Some(root.path().join("pgdata"));
+    let app = Application::build(&config).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |health: &mut HealthClient<tonic::transport::Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .unwrap_or(-1)
+        }
+    };
+
+    let pid_file = std::fs::read_to_string(root.path().join("pgdata/postmaster.pid")).unwrap();
+    let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let started = Instant::now();
+    let mut seen_down = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        match status(&mut health).await {
+            s if s == ServingStatus::Serving as i32 && seen_down => break,
+            s if s != ServingStatus::Serving as i32 => seen_down = true,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back_in = started.elapsed();
+
+    assert!(seen_down, "the outage was noticed");
+    assert_eq!(
+        status(&mut health).await,
+        ServingStatus::Serving as i32,
+        "back after {back_in:?}"
+    );
+    let key = std::fs::read_to_string(config.quickstart_key_file()).unwrap();
+    let mut client = crate::support::client_with_key(channel, key.trim());
+    client
+        .create_customer(CreateCustomerRequest::default())
+        .await
+        .expect("serving again");
+    println!("embedded PostgreSQL back {back_in:?} after SIGKILL");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
