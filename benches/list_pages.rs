@@ -13,7 +13,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::BenchDatabase;
 use customers::api::pb::ListCustomersRequest;
 use customers::api::pb::customer_service_client::CustomerServiceClient;
 use customers::config::Config;
@@ -27,9 +26,9 @@ const SAMPLES: usize = 300;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let BenchDatabase {
-        base_url, embedded, ..
-    } = common::database().await?;
+    // Held to the end: it owns the temporary data directory.
+    let database = common::database().await?;
+    let base_url = database.base_url.clone();
     let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
     let name = format!("bench_{}", std::process::id());
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -49,7 +48,14 @@ async fn main() -> anyhow::Result<()> {
     fill(&db).await?;
     println!("stored {CUSTOMERS} customers in {:.1?}", started.elapsed());
 
-    let mut client = CustomerServiceClient::connect(format!("http://{addr}")).await?;
+    let key = customers::store::KeyStore::new(db.clone())
+        .create("acct_default", false)
+        .await?
+        .0;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = CustomerServiceClient::with_interceptor(channel, common::Bearer::new(&key)?);
     let first = ListCustomersRequest {
         page_size: PAGE_SIZE,
         ..Default::default()
@@ -90,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&admin)
         .await?;
     admin.close().await;
-    if let Some(embedded) = embedded {
+    if let Some(embedded) = database.embedded {
         embedded.stop()?;
     }
     Ok(())
@@ -119,10 +125,7 @@ async fn fill(db: &PgPool) -> anyhow::Result<()> {
 }
 
 /// The page token that starts `depth` rows into the listing.
-async fn token_at(
-    client: &mut CustomerServiceClient<tonic::transport::Channel>,
-    depth: usize,
-) -> anyhow::Result<String> {
+async fn token_at(client: &mut common::Client, depth: usize) -> anyhow::Result<String> {
     let mut request = ListCustomersRequest {
         page_size: PAGE_SIZE,
         ..Default::default()

@@ -21,17 +21,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BenchDatabase;
 use customers::api::pb::customer_service_client::CustomerServiceClient;
 use customers::api::pb::{self, CreateCustomerRequest, GetCustomerRequest, ListCustomersRequest};
 use customers::store::KeyStore;
 use prost_types::FieldMask;
 use sqlx::PgPool;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+use common::{Bearer, Client};
 
 const LEVELS: [usize; 4] = [1, 8, 32, 128];
 /// Customers stored before the read benchmarks.
@@ -40,23 +39,6 @@ const STORED: i64 = 10_000;
 const PGBENCH_MAX_CLIENTS: usize = 64;
 /// HTTP/2 connections the load is spread over.
 const CONNECTIONS: usize = 8;
-
-type Client = CustomerServiceClient<InterceptedService<Channel, Bearer>>;
-
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Rpc {
@@ -83,9 +65,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let step = Duration::from_secs(seconds);
-    let BenchDatabase {
-        base_url, embedded, ..
-    } = common::database().await?;
+    // Held to the end: it owns the temporary data directory.
+    let database = common::database().await?;
+    let base_url = database.base_url.clone();
     let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
     let name = format!("bench_{}", std::process::id());
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -225,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&admin)
         .await?;
     admin.close().await;
-    if let Some(embedded) = embedded {
+    if let Some(embedded) = database.embedded {
         embedded.stop()?;
     }
     Ok(())
@@ -379,7 +361,7 @@ async fn connect(
     addr: std::net::SocketAddr,
     key: &str,
 ) -> anyhow::Result<Vec<(Client, HealthClient<Channel>)>> {
-    let bearer = Bearer(format!("Bearer {key}").parse()?);
+    let bearer = Bearer::new(key)?;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
         let channel = Channel::from_shared(format!("http://{addr}"))?
