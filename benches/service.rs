@@ -463,6 +463,13 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A run that fails half way must not leave the server running.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// pgbench with the service's own statements.
 struct PgBench {
     binary: PathBuf,
