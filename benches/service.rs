@@ -454,12 +454,14 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// SIGTERM and wait, unless it has already been waited for (its pid
+    /// may belong to another process by then).
     fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            let _ = self.child.wait();
+        }
     }
 }
 
