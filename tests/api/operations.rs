@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use customers::api::pb::{self, CreateCustomerRequest, GetCustomerRequest, UpdateCustomerRequest};
-use customers::config::Config;
 use customers::startup::Application;
 use prost_types::FieldMask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +15,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-use crate::support::{TestApp, assert_error, violations};
+use crate::support::{
+    RunningServer, TestApp, assert_error, embedded_config, quickstart_client, violations,
+};
 
 /// The body of `GET /metrics`.
 async fn scrape(app: &TestApp) -> String {
@@ -276,15 +277,8 @@ async fn a_second_service_on_the_same_data_directory_refuses_to_start_and_leaves
     let root = customers::store::embedded::traversable_temp_dir().unwrap();
     // A staging folder left by an interrupted first start is cleaned up.
     std::fs::create_dir_all(root.path().join("pgdata.init/garbage")).unwrap();
-    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
-    config.database_url = None;
-    config.data_dir = Some(root.path().join("pgdata"));
-    let first = Application::build(&config).await.unwrap();
-    let addr = first.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(first.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let config = embedded_config(root.path());
+    let mut first = RunningServer::start(&config).await.unwrap();
 
     let second = Application::build(&config).await;
 
@@ -296,40 +290,21 @@ async fn a_second_service_on_the_same_data_directory_refuses_to_start_and_leaves
         error.contains("starting the embedded PostgreSQL"),
         "{error}"
     );
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let key = std::fs::read_to_string(config.quickstart_key_file()).unwrap();
-    let mut client = crate::support::client_with_key(channel, key.trim());
+    let mut client = quickstart_client(&first, &config).await;
     client
         .create_customer(CreateCustomerRequest::default())
         .await
         .expect("the first still serves");
     assert!(!root.path().join("pgdata.init").exists());
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    first.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn an_embedded_postgres_that_was_killed_is_started_again() {
     let root = customers::store::embedded::traversable_temp_dir().unwrap();
-    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
-    config.database_url = None;
-    config.data_dir = Some(root.path().join("pgdata"));
-    let app = Application::build(&config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel.clone());
+    let config = embedded_config(root.path());
+    let mut server = RunningServer::start(&config).await.unwrap();
+    let mut health = HealthClient::new(server.channel().await);
     let status = |health: &mut HealthClient<tonic::transport::Channel>| {
         let mut health = health.clone();
         async move {
@@ -364,13 +339,11 @@ async fn an_embedded_postgres_that_was_killed_is_started_again() {
         ServingStatus::Serving as i32,
         "back after {back_in:?}"
     );
-    let key = std::fs::read_to_string(config.quickstart_key_file()).unwrap();
-    let mut client = crate::support::client_with_key(channel, key.trim());
+    let mut client = quickstart_client(&server, &config).await;
     client
         .create_customer(CreateCustomerRequest::default())
         .await
         .expect("serving again");
     println!("embedded PostgreSQL back {back_in:?} after SIGKILL");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }

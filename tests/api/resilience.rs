@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use customers::api::pb::{self, GetCustomerRequest, UpdateCustomerRequest};
 use customers::config::Config;
-use customers::startup::Application;
 use customers::store::embedded::EmbeddedPostgres;
 use prost_types::FieldMask;
 use sqlx::PgPool;
@@ -17,7 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{TestApp, assert_error};
+use crate::support::{RunningServer, TestApp, assert_error};
 
 fn set_metadata(id: &str, key: &str, value: &str, etag: &str) -> UpdateCustomerRequest {
     UpdateCustomerRequest {
@@ -125,17 +124,8 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
     let mut config = Config::for_database(pg.url(), "127.0.0.1:0".parse().unwrap());
     config.db_acquire_timeout_ms = 500;
     config.db_statement_timeout_ms = 2000;
-    let app = Application::build(&config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut server = RunningServer::start(&config).await.unwrap();
+    let channel = server.channel().await;
     let mut health = HealthClient::new(channel.clone());
     let key = {
         let db = PgPool::connect(pg.url()).await.unwrap();
@@ -236,8 +226,7 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
     );
     assert!(recovered_in < Duration::from_secs(5));
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
     db.close().await;
     let pg = Arc::try_unwrap(pg).unwrap();
     tokio::task::spawn_blocking(move || pg.stop())

@@ -114,64 +114,32 @@ pub async fn issue_key(db: &PgPool, account: &str, live_mode: bool) -> String {
         .0
 }
 
-/// A running server and what a test needs to talk to it and look behind it.
-pub struct TestApp {
+/// A server running inside the test process until [`RunningServer::stop`].
+pub struct RunningServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    /// Acts for the test-mode default account.
-    pub client: Client,
-    /// A direct connection to the service's database, to check rows.
-    pub db: PgPool,
-    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-impl TestApp {
-    /// A server with default settings over a fresh database.
-    pub async fn spawn() -> TestApp {
-        Self::spawn_with(|_| {}).await
-    }
-
-    /// A server whose settings `adjust` changes first.
-    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let database_url = fresh_database().await;
-        let mut config = Config::for_database(&database_url, "127.0.0.1:0".parse().unwrap());
-        adjust(&mut config);
-        let app = Application::build(&config)
-            .await
-            .expect("building the server");
-        let addr = app.local_addr();
-        let metrics_addr = app.metrics_addr();
+impl RunningServer {
+    /// Builds the server on `config` and starts serving.
+    pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+        let app = Application::build(config).await?;
+        let (addr, metrics_addr) = (app.local_addr(), app.metrics_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let db = PgPool::connect(&database_url).await.unwrap();
-        let key = issue_key(&db, "acct_default", false).await;
-        TestApp {
+        Ok(RunningServer {
             addr,
             metrics_addr,
-            client: client_with_key(channel, &key),
-            db,
-            database_url,
             shutdown: Some(tx),
             server: Some(server),
-        }
+        })
     }
 
-    /// A client acting for `account` in the given mode, with a new key.
-    pub async fn client_for(&self, account: &str, live_mode: bool) -> Client {
-        let key = issue_key(&self.db, account, live_mode).await;
-        client_with_key(self.channel().await, &key)
-    }
-
-    /// A new connection to the server.
+    /// A new plaintext connection to the server.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
@@ -189,6 +157,76 @@ impl TestApp {
             Some(server) => server.await.unwrap(),
             None => Ok(()),
         }
+    }
+}
+
+/// Settings for the embedded default, with its data directory in `root`.
+pub fn embedded_config(root: &std::path::Path) -> Config {
+    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
+    config.database_url = None;
+    config.data_dir = Some(root.join("pgdata"));
+    config
+}
+
+/// A client with the key the embedded default wrote on its first start.
+pub async fn quickstart_client(server: &RunningServer, config: &Config) -> Client {
+    let key = std::fs::read_to_string(config.quickstart_key_file())
+        .expect("the quickstart key was written");
+    client_with_key(server.channel().await, key.trim())
+}
+
+/// A running server and what a test needs to talk to it and look behind it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// Acts for the test-mode default account.
+    pub client: Client,
+    /// A direct connection to the service's database, to check rows.
+    pub db: PgPool,
+    pub database_url: String,
+    server: RunningServer,
+}
+
+impl TestApp {
+    /// A server with default settings over a fresh database.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose settings `adjust` changes first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let database_url = fresh_database().await;
+        let mut config = Config::for_database(&database_url, "127.0.0.1:0".parse().unwrap());
+        adjust(&mut config);
+        let server = RunningServer::start(&config)
+            .await
+            .expect("building the server");
+        let db = PgPool::connect(&database_url).await.unwrap();
+        let key = issue_key(&db, "acct_default", false).await;
+        TestApp {
+            addr: server.addr,
+            metrics_addr: server.metrics_addr,
+            client: client_with_key(server.channel().await, &key),
+            db,
+            database_url,
+            server,
+        }
+    }
+
+    /// A client acting for `account` in the given mode, with a new key.
+    pub async fn client_for(&self, account: &str, live_mode: bool) -> Client {
+        let key = issue_key(&self.db, account, live_mode).await;
+        client_with_key(self.channel().await, &key)
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> Channel {
+        self.server.channel().await
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.server.stop().await
     }
 
     /// Creates `customer` and returns the stored result.

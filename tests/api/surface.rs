@@ -3,7 +3,6 @@
 
 use customers::api::pb::{self, CreateCustomerRequest};
 use customers::config::Config;
-use customers::startup::Application;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -12,7 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::support::{TestApp, assert_error};
+use crate::support::{RunningServer, TestApp, assert_error, embedded_config, quickstart_client};
 
 const CREATE_PATH: &str = "/customers.v1.CustomerService/CreateCustomer";
 
@@ -186,9 +185,7 @@ async fn a_request_over_the_size_limit_is_resource_exhausted() {
 #[tokio::test]
 async fn without_a_database_url_the_service_runs_its_own_postgres_and_keeps_data_across_restarts() {
     let root = customers::store::embedded::traversable_temp_dir().unwrap();
-    let mut config = Config::for_database("unused", "127.0.0.1:0".parse().unwrap());
-    config.database_url = None;
-    config.data_dir = Some(root.path().join("pgdata"));
+    let config = embedded_config(root.path());
 
     let first = run_once(&config, |mut client| async move {
         client
@@ -225,23 +222,9 @@ where
     F: FnOnce(crate::support::Client) -> Fut,
     Fut: std::future::Future<Output = pb::Customer>,
 {
-    let app = Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let key = std::fs::read_to_string(config.quickstart_key_file())
-        .expect("the quickstart key was written");
-    let client = crate::support::client_with_key(channel, key.trim());
-    let result = body(client).await;
-    tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    let mut server = RunningServer::start(config).await.unwrap();
+    let result = body(quickstart_client(&server, config).await).await;
+    server.stop().await.unwrap();
     result
 }
 

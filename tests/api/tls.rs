@@ -4,14 +4,13 @@ use std::path::{Path, PathBuf};
 
 use customers::api::pb::ListCustomersRequest;
 use customers::config::Config;
-use customers::startup::Application;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::support::{client_with_key, fresh_database, issue_key};
+use crate::support::{RunningServer, client_with_key, fresh_database, issue_key};
 
 /// A certificate authority of the test's own.
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -46,9 +45,8 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 struct TlsServer {
-    addr: std::net::SocketAddr,
+    server: RunningServer,
     key: String,
-    stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -60,18 +58,12 @@ async fn spawn(ca: &CertifiedIssuer<'static, KeyPair>, client_ca: Option<&str>) 
     config.tls_cert = Some(write(dir.path(), "server.pem", &cert));
     config.tls_key = Some(write(dir.path(), "server.key", &key));
     config.tls_client_ca = client_ca.map(|pem| write(dir.path(), "clients.pem", pem));
-    let app = Application::build(&config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = RunningServer::start(&config).await.unwrap();
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     let api_key = issue_key(&db, "acct_default", false).await;
     TlsServer {
-        addr,
+        server,
         key: api_key,
-        stop,
         _dir: dir,
     }
 }
@@ -88,7 +80,7 @@ async fn connect(
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    Channel::from_shared(format!("https://{}", server.addr))
+    Channel::from_shared(format!("https://{}", server.server.addr))
         .unwrap()
         .tls_config(tls)?
         .connect()
@@ -106,10 +98,10 @@ async fn can_list(server: &TlsServer, channel: Result<Channel, tonic::transport:
 #[tokio::test]
 async fn a_client_that_trusts_the_authority_talks_tls_and_plaintext_is_refused() {
     let ca = authority("Test server CA");
-    let server = spawn(&ca, None).await;
+    let mut server = spawn(&ca, None).await;
 
     let tls = connect(&server, &ca, None).await;
-    let plaintext = Channel::from_shared(format!("http://{}", server.addr))
+    let plaintext = Channel::from_shared(format!("http://{}", server.server.addr))
         .unwrap()
         .connect()
         .await;
@@ -118,7 +110,7 @@ async fn a_client_that_trusts_the_authority_talks_tls_and_plaintext_is_refused()
     assert!(can_list(&server, tls).await);
     assert!(!can_list(&server, plaintext).await);
     assert!(!can_list(&server, untrusting).await);
-    server.stop.send(()).unwrap();
+    server.server.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -126,7 +118,7 @@ async fn mutual_tls_accepts_only_clients_with_a_certificate_from_the_configured_
     let server_ca = authority("Test server CA");
     let client_ca = authority("Test client CA");
     let stranger_ca = authority("Unknown client CA");
-    let server = spawn(&server_ca, Some(&client_ca.pem())).await;
+    let mut server = spawn(&server_ca, Some(&client_ca.pem())).await;
 
     let known = connect(
         &server,
@@ -145,5 +137,5 @@ async fn mutual_tls_accepts_only_clients_with_a_certificate_from_the_configured_
     assert!(can_list(&server, known).await);
     assert!(!can_list(&server, anonymous).await);
     assert!(!can_list(&server, stranger).await);
-    server.stop.send(()).unwrap();
+    server.server.stop().await.unwrap();
 }
