@@ -17,9 +17,8 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::StoreError;
-use crate::domain::{
-    AccountScope, Customer, CustomerError, CustomerId, CustomerKind, Etag, Profile,
-};
+use super::customers::kind_to_column;
+use crate::domain::{AccountScope, Customer, CustomerError, CustomerId, Etag, Profile};
 
 /// Most rows in one statement.
 const MAX_BATCH: usize = 128;
@@ -202,8 +201,4 @@ async fn insert_batch(
         .into_iter()
         .map(|(account, live, id, created)| ((account, live, id), created))
         .collect())
-}
-
-fn kind_to_column(kind: CustomerKind) -> i16 {
-    super::customers::kind_to_column(kind)
 }

@@ -202,10 +202,7 @@ impl CustomerStore {
             return Ok(customer);
         }
 
-        customer.etag = Etag::generate();
-        customer.update_time = write(&mut tx, scope, &customer).await?;
-        tx.commit().await?;
-        Ok(customer)
+        save(tx, scope, customer).await
     }
 
     /// One page of customers, newest first (create_time, then id, both
@@ -310,10 +307,7 @@ impl CustomerStore {
             id: source.clone(),
             attach_time,
         });
-        customer.etag = Etag::generate();
-        customer.update_time = write(&mut tx, scope, &customer).await?;
-        tx.commit().await?;
-        Ok(customer)
+        save(tx, scope, customer).await
     }
 
     /// Detaches a source, clearing the default when it was the default.
@@ -337,10 +331,7 @@ impl CustomerStore {
         .bind(source.as_str())
         .execute(&mut *tx)
         .await?;
-        customer.etag = Etag::generate();
-        customer.update_time = write(&mut tx, scope, &customer).await?;
-        tx.commit().await?;
-        Ok(customer)
+        save(tx, scope, customer).await
     }
 }
 
@@ -468,6 +459,18 @@ async fn lock(
         .fetch_one(&mut **tx)
         .await?;
     customer_from_row(&row)
+}
+
+/// Gives a changed customer a new etag, writes it and commits.
+async fn save(
+    mut tx: Transaction<'_, Postgres>,
+    scope: &AccountScope,
+    mut customer: Customer,
+) -> Result<Customer, StoreError> {
+    customer.etag = Etag::generate();
+    customer.update_time = write(&mut tx, scope, &customer).await?;
+    tx.commit().await?;
+    Ok(customer)
 }
 
 /// Writes every mutable column of `customer`. For an erased customer it also
