@@ -54,35 +54,16 @@ const PERSONAL: &[&str] = &[
 
 fn customer(id: &str) -> pb::Customer {
     let v = PERSONAL;
-    pb::Customer {
+    let base = pb::Customer {
         id: id.into(),
-        email: Some(v[0].into()),
-        shipping: Some(pb::Shipping {
-            name: Some(v[1].into()),
-            phone: Some(v[2].into()),
-            email: Some(v[3].into()),
-            organization: Some(v[4].into()),
-            address: Some(pb::Address {
-                line1: Some(v[5].into()),
-                line2: Some(v[6].into()),
-                city: Some(v[7].into()),
-                postal_code: Some(v[8].into()),
-                state: Some(v[9].into()),
-                country: Some("GB".into()),
-            }),
-            additional_address_info: Some(pb::AdditionalAddressInfo {
-                neighborhood: Some(v[10].into()),
-                division: Some(v[11].into()),
-                phonetic_name: Some(v[12].into()),
-            }),
-        }),
         metadata: [("note".into(), v[13].into())].into(),
         tax_identifiers: vec![pb::TaxIdentifier {
             r#type: "gb_vat".into(),
             value: v[14].into(),
         }],
         ..Default::default()
-    }
+    };
+    support::with_personal_values(base, v[..13].try_into().unwrap())
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use customers::api::pb::{self, AttachSourceRequest, GetCustomerRequest, UpdateCu
 use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::support::{TestApp, assert_error, full_customer};
+use crate::support::{TestApp, assert_error, full_customer, with_personal_values};
 
 /// Values that appear nowhere but in the erased customer.
 const DISTINCTIVE: &[&str] = &[
@@ -29,27 +29,8 @@ const DISTINCTIVE: &[&str] = &[
 
 fn distinctive_customer() -> pb::Customer {
     let v = DISTINCTIVE;
-    let mut customer = full_customer("cus_forget");
-    customer.email = Some(v[0].into());
-    customer.shipping = Some(pb::Shipping {
-        name: Some(v[1].into()),
-        phone: Some(v[2].into()),
-        email: Some(v[3].into()),
-        organization: Some(v[4].into()),
-        address: Some(pb::Address {
-            line1: Some(v[5].into()),
-            line2: Some(v[6].into()),
-            city: Some(v[7].into()),
-            postal_code: Some(v[8].into()),
-            state: Some(v[9].into()),
-            country: Some("GB".into()),
-        }),
-        additional_address_info: Some(pb::AdditionalAddressInfo {
-            neighborhood: Some(v[10].into()),
-            division: Some(v[11].into()),
-            phonetic_name: Some(v[12].into()),
-        }),
-    });
+    let personal: &[&str; 13] = v[..13].try_into().unwrap();
+    let mut customer = with_personal_values(full_customer("cus_forget"), personal);
     customer.metadata = [(v[14].to_owned(), v[13].to_owned())].into();
     customer.tax_identifiers = vec![pb::TaxIdentifier {
         r#type: "eu_vat".into(),

@@ -380,3 +380,32 @@ pub fn full_customer(id: &str) -> pb::Customer {
         etag: String::new(),
     }
 }
+
+/// Sets `customer`'s email and every shipping text field from `values`, in
+/// field order (email, name, phone, shipping email, organization, line1,
+/// line2, city, postal code, state, neighborhood, division, phonetic name),
+/// with country GB. For tests that look for these values afterwards.
+pub fn with_personal_values(mut customer: pb::Customer, values: &[&str; 13]) -> pb::Customer {
+    let v = |i: usize| Some(values[i].to_owned());
+    customer.email = v(0);
+    customer.shipping = Some(pb::Shipping {
+        name: v(1),
+        phone: v(2),
+        email: v(3),
+        organization: v(4),
+        address: Some(pb::Address {
+            line1: v(5),
+            line2: v(6),
+            city: v(7),
+            postal_code: v(8),
+            state: v(9),
+            country: Some("GB".into()),
+        }),
+        additional_address_info: Some(pb::AdditionalAddressInfo {
+            neighborhood: v(10),
+            division: v(11),
+            phonetic_name: v(12),
+        }),
+    });
+    customer
+}
