@@ -32,6 +32,11 @@ use tonic_health::pb::health_client::HealthClient;
 
 use common::{Bearer, Client};
 
+// The load generator shares the cores with the service and PostgreSQL, so
+// it allocates as cheaply as the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LEVELS: [usize; 4] = [1, 8, 32, 128];
 /// Customers stored before the read benchmarks.
 const STORED: i64 = 10_000;
@@ -47,6 +52,14 @@ enum Rpc {
     Get,
     Update,
     List,
+}
+
+impl Rpc {
+    fn parse(name: &str) -> Option<Rpc> {
+        [Rpc::Echo, Rpc::Create, Rpc::Get, Rpc::Update, Rpc::List]
+            .into_iter()
+            .find(|rpc| format!("{rpc:?}").eq_ignore_ascii_case(name))
+    }
 }
 
 /// Throughput and latency of one step.
@@ -96,6 +109,25 @@ async fn main() -> anyhow::Result<()> {
         server.ready_in.as_secs_f64() * 1000.0
     );
 
+    let clients = connect(server.addr, &key).await?;
+    // BENCH_ONLY=get:32 (for a profiler, say) runs that one step and stops.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let (rpc, callers) = only
+            .split_once(':')
+            .and_then(|(rpc, callers)| Some((Rpc::parse(rpc)?, callers.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("BENCH_ONLY wants rpc:callers, as in get:32"))?;
+        println!("server pid {}", server.child.id());
+        let f = drive(&clients, rpc, callers, step, None).await;
+        println!(
+            "{rpc:?} at {callers}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            f.per_second,
+            ms(f.p50),
+            ms(f.p99),
+            f.errors
+        );
+        server.stop();
+        return Ok(());
+    }
     let pgbench = PgBench::new(&url)?;
     let mut reference: HashMap<(&str, usize), f64> = HashMap::new();
     for &callers in &LEVELS {
@@ -104,7 +136,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let clients = connect(server.addr, &key).await?;
     let mut results: HashMap<(Rpc, usize), Figures> = HashMap::new();
     for rpc in [Rpc::Echo, Rpc::Create, Rpc::Get, Rpc::Update, Rpc::List] {
         for &callers in &LEVELS {
@@ -497,7 +528,7 @@ impl PgBench {
             dir.path().join("select.sql"),
             format!(
                 "\\set n random(1, {STORED})\n\
-                 SELECT c.id, c.email, c.shipping, c.default_source_id, c.tax_identifiers, c.locale, \
+                 SELECT c.account_id, c.id, c.email, c.shipping, c.default_source_id, c.tax_identifiers, c.locale, \
                  c.customer_type, c.enabled, c.forgotten, c.metadata, c.live_mode, c.create_time, \
                  c.update_time, c.etag, \
                  ARRAY(SELECT s.source_id FROM customer_sources s WHERE s.account_id = c.account_id \

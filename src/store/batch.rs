@@ -13,17 +13,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 use super::customers::kind_to_column;
+use super::lane::{InFlight, Lane, Queue};
 use crate::domain::{AccountScope, Customer, CustomerError, CustomerId, Etag, Profile};
 
 /// Most rows in one statement.
 const MAX_BATCH: usize = 128;
-/// Batches in flight at once: while one commits, the next gathers.
+/// Batches out at once: while one is out, the next gathers.
 const WORKERS: usize = 2;
+/// Fewest rows of a batch sent while another is out.
+const MIN_BATCH: usize = 16;
 
 /// One create waiting for its batch.
 struct Pending {
@@ -33,32 +37,31 @@ struct Pending {
     reply: oneshot::Sender<Result<Customer, StoreError>>,
 }
 
-/// The sending side; the workers stop once every sender is gone.
-#[derive(Debug, Clone)]
-pub struct InsertBatcher {
-    queue: mpsc::UnboundedSender<Pending>,
-}
-
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending").field("id", &self.id).finish()
     }
 }
 
+/// The sending side; the workers stop once every sender is gone.
+#[derive(Debug, Clone)]
+pub struct InsertBatcher {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
 impl InsertBatcher {
-    /// Starts the workers on the current runtime.
-    pub fn start(pool: PgPool) -> Self {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(receiver));
+    /// Starts the workers on the current runtime, each with its own
+    /// connection.
+    pub fn start(pool: &PgPool) -> Self {
+        let (queue, receiver) = Queue::new();
+        let out = Arc::new(InFlight::default());
         for _ in 0..WORKERS {
-            tokio::spawn(work(pool.clone(), receiver.clone()));
+            tokio::spawn(work(Lane::new(pool), receiver.clone(), out.clone()));
         }
         Self { queue }
     }
 
     /// Inserts a customer in the next batch and waits for its outcome.
-    /// The queue is unbounded on purpose: the server's concurrency limit
-    /// already bounds how many calls can wait here.
     pub async fn insert(
         &self,
         scope: &AccountScope,
@@ -82,33 +85,19 @@ impl InsertBatcher {
 }
 
 /// Takes whatever is queued (at least one), inserts it, answers, repeats.
-async fn work(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
-    let mut carried: Vec<Pending> = Vec::new();
-    loop {
-        let mut batch = std::mem::take(&mut carried);
-        if batch.is_empty() {
-            let mut receiver = receiver.lock().await;
-            match receiver.recv().await {
-                Some(pending) => batch.push(pending),
-                None => return,
-            }
-            drain(&mut receiver, &mut batch);
-        } else if let Ok(mut receiver) = receiver.try_lock() {
-            // Never wait for the queue with creates in hand: the other
-            // worker may hold it, waiting for calls that wait for these.
-            drain(&mut receiver, &mut batch);
-        }
+async fn work(mut lane: Lane, queue: Queue<Pending>, out: Arc<InFlight>) {
+    let mut batch: Vec<Pending> = Vec::new();
+    while queue.fill(&mut batch, MAX_BATCH, MIN_BATCH, &out).await {
         // Two creates of one id in one statement: the second waits for the
         // next batch, where it meets the first as an existing row.
         let mut seen = HashSet::new();
-        let (batch, repeats): (Vec<Pending>, Vec<Pending>) = batch
+        let (mut now, repeats): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut batch)
             .into_iter()
             .partition(|p| seen.insert((p.scope.clone(), p.id.clone())));
-        carried = repeats;
+        batch = repeats;
         // Both workers insert in key order, so two batches that share ids
         // wait for each other instead of deadlocking.
-        let mut batch = batch;
-        batch.sort_by(|a, b| {
+        now.sort_by(|a, b| {
             (&a.scope.account_id, a.scope.live_mode, &a.id).cmp(&(
                 &b.scope.account_id,
                 b.scope.live_mode,
@@ -116,9 +105,15 @@ async fn work(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>
             ))
         });
 
-        let etags: Vec<Etag> = batch.iter().map(|_| Etag::generate()).collect();
-        let outcome = insert_batch(&pool, &batch, &etags).await;
-        for (pending, etag) in batch.into_iter().zip(etags) {
+        let etags: Vec<Etag> = now.iter().map(|_| Etag::generate()).collect();
+        let sent = out.start();
+        let outcome = match lane.connection().await {
+            Ok(connection) => insert_batch(connection, &now, &etags).await,
+            Err(error) => Err(error),
+        };
+        drop(sent);
+        lane.finished(&outcome);
+        for (pending, etag) in now.into_iter().zip(etags) {
             let key = (
                 pending.scope.account_id.clone(),
                 pending.scope.live_mode,
@@ -146,23 +141,13 @@ async fn work(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>
     }
 }
 
-/// Adds what is queued right now, up to a full batch.
-fn drain(receiver: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
-    while batch.len() < MAX_BATCH {
-        match receiver.try_recv() {
-            Ok(pending) => batch.push(pending),
-            Err(_) => break,
-        }
-    }
-}
-
 /// Owner and id of a row, as the statement returns them.
 type RowKey = (String, bool, String);
 
 /// Inserts the batch in one statement; returns the rows that were inserted
 /// (those whose id was free) with their create_time.
 async fn insert_batch(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     batch: &[Pending],
     etags: &[Etag],
 ) -> Result<HashMap<RowKey, OffsetDateTime>, StoreError> {
@@ -195,7 +180,7 @@ async fn insert_batch(
     .bind(batch.iter().map(|p| json(serde_json::to_value(&p.profile.metadata))).collect::<Vec<_>>())
     .bind(etags.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>())
     .bind(column(&|p| p.profile.email.as_ref().map(|e| e.folded())))
-    .fetch_all(pool)
+    .fetch_all(connection)
     .await?;
     Ok(rows
         .into_iter()

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use super::batch::InsertBatcher;
+use super::reads::ReadBatcher;
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
     Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
@@ -14,8 +15,8 @@ use crate::domain::{
 
 /// The columns every read returns, sources included, so that one round trip
 /// yields a whole customer. The two arrays share one order.
-const SELECT_CUSTOMER: &str = "
-    SELECT c.id, c.email, c.shipping, c.default_source_id, c.tax_identifiers, c.locale,
+pub(super) const SELECT_CUSTOMER: &str = "
+    SELECT c.account_id, c.id, c.email, c.shipping, c.default_source_id, c.tax_identifiers, c.locale,
            c.customer_type, c.enabled, c.forgotten, c.metadata, c.live_mode,
            c.create_time, c.update_time, c.etag,
            ARRAY(SELECT s.source_id FROM customer_sources s
@@ -35,16 +36,22 @@ const IDEMPOTENCY_WINDOW: &str = "24 hours";
 #[derive(Debug, Clone)]
 pub struct CustomerStore {
     pool: PgPool,
-    batcher: InsertBatcher,
+    inserts: InsertBatcher,
+    reads: ReadBatcher,
 }
 
 impl CustomerStore {
-    /// A store over `pool`.
-    /// A store over `pool`. Starts the group-commit workers for creates on
-    /// the current runtime.
+    /// A store over `pool`. Starts the batch workers for creates and gets
+    /// on the current runtime; they hold connections of their own besides
+    /// the pool's.
     pub fn new(pool: PgPool) -> Self {
-        let batcher = InsertBatcher::start(pool.clone());
-        Self { pool, batcher }
+        let inserts = InsertBatcher::start(&pool);
+        let reads = ReadBatcher::start(&pool);
+        Self {
+            pool,
+            inserts,
+            reads,
+        }
     }
 
     /// The pool, for health checks.
@@ -70,7 +77,7 @@ impl CustomerStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Customer, StoreError> {
         let Some(key) = key else {
-            return self.batcher.insert(scope, id, profile).await;
+            return self.inserts.insert(scope, id, profile).await;
         };
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
@@ -153,19 +160,10 @@ impl CustomerStore {
         }
     }
 
-    /// Reads one customer.
+    /// Reads one customer, in a batch with the gets made meanwhile.
     #[tracing::instrument(name = "store.get", skip_all, fields(customer_id = id.as_str()))]
     pub async fn get(&self, scope: &AccountScope, id: &CustomerId) -> Result<Customer, StoreError> {
-        let sql =
-            format!("{SELECT_CUSTOMER} WHERE c.account_id = $1 AND c.live_mode = $2 AND c.id = $3");
-        let row = sqlx::query(&sql)
-            .bind(&scope.account_id)
-            .bind(scope.live_mode)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(CustomerError::NotFound)?;
-        customer_from_row(&row)
+        self.reads.get(scope, id).await
     }
 
     /// Applies `patch` to a customer, under a row lock so that the etag
@@ -541,7 +539,7 @@ pub(super) fn kind_to_column(kind: CustomerKind) -> i16 {
 }
 
 /// Builds a customer from a row of [`SELECT_CUSTOMER`].
-fn customer_from_row(row: &PgRow) -> Result<Customer, StoreError> {
+pub(super) fn customer_from_row(row: &PgRow) -> Result<Customer, StoreError> {
     let source_ids: Vec<String> = row.try_get("source_ids")?;
     let source_times: Vec<OffsetDateTime> = row.try_get("source_times")?;
     let sources = source_ids

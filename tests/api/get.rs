@@ -1,6 +1,6 @@
 //! GetCustomer.
 
-use customers::api::pb::GetCustomerRequest;
+use customers::api::pb::{self, GetCustomerRequest};
 use tonic::Code;
 
 use crate::support::{TestApp, assert_error, violations};
@@ -78,4 +78,65 @@ async fn ids_compare_exactly() {
         .unwrap_err();
 
     assert_error(&error, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+/// Gets made at once share one statement (see `store::reads`); each call
+/// must still get its own customer, and only its own.
+#[tokio::test]
+async fn concurrent_gets_of_present_absent_repeated_and_foreign_ids_each_get_their_own_answer() {
+    // Room for all 125 calls at once.
+    let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 512).await;
+    let other = app.client_for("acct_other", false).await;
+    let live = app.client_for("acct_default", true).await;
+    for i in 0..20 {
+        app.create(pb::Customer {
+            id: format!("cus_{i}"),
+            metadata: [("n".to_owned(), i.to_string())].into(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    // Each id three times from the owner, plus absent ids, plus the same
+    // ids from another account and from the owner's live mode.
+    let mut calls = Vec::new();
+    for round in 0..3 {
+        for i in 0..25 {
+            for (who, client) in [("owner", &app.client), ("other", &other), ("live", &live)] {
+                if who != "owner" && round > 0 {
+                    continue;
+                }
+                let mut client = client.clone();
+                let id = format!("cus_{i}");
+                calls.push((
+                    who,
+                    i,
+                    tokio::spawn(
+                        async move { client.get_customer(GetCustomerRequest { id }).await },
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut found = 0;
+    for (who, i, call) in calls {
+        match call.await.unwrap() {
+            Ok(customer) => {
+                let customer = customer.into_inner();
+                assert_eq!(
+                    (who, customer.id.as_str()),
+                    ("owner", format!("cus_{i}").as_str())
+                );
+                assert_eq!(customer.metadata["n"], i.to_string());
+                assert!(i < 20);
+                found += 1;
+            }
+            Err(error) => {
+                assert!(who != "owner" || i >= 20, "{who} cus_{i}: {error:?}");
+                assert_error(&error, Code::NotFound, "CUSTOMER_NOT_FOUND");
+            }
+        }
+    }
+    assert_eq!(found, 60);
 }

@@ -156,7 +156,20 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
                     };
                     let started = Instant::now();
                     match client.create_customer(request).await {
-                        Ok(_) => acknowledged.push(id),
+                        Ok(_) => acknowledged.push(id.clone()),
+                        Err(status) => {
+                            failures.push((status.code(), started.elapsed()));
+                            continue;
+                        }
+                    }
+                    // Reads go through their own batched path; they must
+                    // see every acknowledged create, or fail UNAVAILABLE.
+                    let started = Instant::now();
+                    match client
+                        .get_customer(GetCustomerRequest { id: id.clone() })
+                        .await
+                    {
+                        Ok(found) => assert_eq!(found.into_inner().id, id),
                         Err(status) => failures.push((status.code(), started.elapsed())),
                     }
                 }
@@ -225,6 +238,19 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
         "failures come within the configured timeouts"
     );
     assert!(recovered_in < Duration::from_secs(5));
+    // Once SERVING, the first calls succeed: no dead connection is reused.
+    let mut client = crate::support::client_with_key(channel.clone(), &key);
+    let first = client
+        .get_customer(GetCustomerRequest {
+            id: acknowledged[0].clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.into_inner().id, acknowledged[0]);
+    client
+        .create_customer(pb::CreateCustomerRequest::default())
+        .await
+        .unwrap();
 
     server.stop().await.unwrap();
     db.close().await;

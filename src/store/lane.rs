@@ -1,0 +1,181 @@
+//! Plumbing shared by the batch workers: a queue that hands out whatever
+//! is waiting, and a connection that each worker owns.
+//!
+//! Workers keep their own connection rather than borrowing one from the
+//! pool per batch: the pool checks a connection with a round trip to the
+//! server when it hands it out and again when it takes it back, which
+//! would triple the round trips of a batch. A lane checks its connection
+//! only after it sat idle (when the server may have restarted meanwhile)
+//! and drops it after a connection-level failure, so the next batch
+//! connects afresh.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio::sync::{Mutex, Notify, mpsc};
+
+use super::StoreError;
+
+/// Idle longer than this, a connection is checked before its next batch.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// The receiving end of a batch queue, shared by a set of workers.
+pub(super) struct Queue<J> {
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<J>>>,
+}
+
+impl<J> Clone for Queue<J> {
+    fn clone(&self) -> Self {
+        Self {
+            receiver: self.receiver.clone(),
+        }
+    }
+}
+
+impl<J> Queue<J> {
+    /// A queue and its sending side. The queue is unbounded on purpose: the
+    /// server's concurrency limit already bounds how many calls can wait.
+    pub(super) fn new() -> (mpsc::UnboundedSender<J>, Self) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        (sender, Self { receiver })
+    }
+
+    /// Fills `batch` with queued jobs, up to `max`, and says whether to
+    /// send it; false once every sender is gone and nothing is left.
+    ///
+    /// An empty batch waits for its first job, and then, while another
+    /// worker's batch is out at the database, for `min` jobs or the end of
+    /// that batch: sending a handful of rows at once would make every batch
+    /// small and pay the per-statement cost over and over. A batch that
+    /// already holds jobs never waits (the worker holding the queue may be
+    /// waiting for calls that wait for these).
+    pub(super) async fn fill(
+        &self,
+        batch: &mut Vec<J>,
+        max: usize,
+        min: usize,
+        out: &InFlight,
+    ) -> bool {
+        if !batch.is_empty() {
+            if let Ok(mut receiver) = self.receiver.try_lock() {
+                drain(&mut receiver, batch, max);
+            }
+            return true;
+        }
+        let mut receiver = self.receiver.lock().await;
+        loop {
+            drain(&mut receiver, batch, max);
+            if batch.len() >= min || (!batch.is_empty() && out.none()) {
+                return true;
+            }
+            // Registered before the check, so no end of a batch is missed.
+            let ended = out.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !batch.is_empty() && out.none() {
+                return true;
+            }
+            tokio::select! {
+                job = receiver.recv() => match job {
+                    Some(job) => batch.push(job),
+                    None => return !batch.is_empty(),
+                },
+                () = &mut ended => {}
+            }
+        }
+    }
+}
+
+/// How many batches are out at the database, for [`Queue::fill`].
+#[derive(Default)]
+pub(super) struct InFlight {
+    count: AtomicUsize,
+    ended: Notify,
+}
+
+impl InFlight {
+    fn none(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// Marks a batch as sent until the guard drops.
+    pub(super) fn start(&self) -> Sent<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Sent(self)
+    }
+}
+
+/// A batch out at the database; see [`InFlight::start`].
+pub(super) struct Sent<'a>(&'a InFlight);
+
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+fn drain<J>(receiver: &mut mpsc::UnboundedReceiver<J>, batch: &mut Vec<J>, max: usize) {
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// One worker's own connection to PostgreSQL, opened on first use.
+pub(super) struct Lane {
+    options: Arc<PgConnectOptions>,
+    connect_timeout: Duration,
+    open: Option<(PgConnection, Instant)>,
+}
+
+impl Lane {
+    /// A lane to the pool's server, with the pool's settings (statement
+    /// timeout included) and its acquire timeout as the connect timeout.
+    pub(super) fn new(pool: &PgPool) -> Self {
+        Self {
+            options: pool.connect_options(),
+            connect_timeout: pool.options().get_acquire_timeout(),
+            open: None,
+        }
+    }
+
+    /// The connection, checked if it sat idle and opened if there is none.
+    /// Nothing of the batch has been sent yet, so a connection that fails
+    /// its check is simply replaced.
+    pub(super) async fn connection(&mut self) -> Result<&mut PgConnection, StoreError> {
+        if let Some((connection, last_used)) = &mut self.open
+            && last_used.elapsed() > IDLE_CHECK
+            && connection.ping().await.is_err()
+        {
+            self.open = None;
+        }
+        if self.open.is_none() {
+            let connection = tokio::time::timeout(self.connect_timeout, self.options.connect())
+                .await
+                .map_err(|_| StoreError::from(sqlx::Error::PoolTimedOut))??;
+            self.open = Some((connection, Instant::now()));
+        }
+        let (connection, _) = self.open.as_mut().expect("opened above");
+        Ok(connection)
+    }
+
+    /// Records how a batch on the connection ended. After a connection-level
+    /// failure the connection is dropped; its state is unknown.
+    pub(super) fn finished<T>(&mut self, outcome: &Result<T, StoreError>) {
+        match outcome {
+            Err(StoreError::Unavailable(_)) => self.open = None,
+            _ => {
+                if let Some((_, last_used)) = &mut self.open {
+                    *last_used = Instant::now();
+                }
+            }
+        }
+    }
+}
