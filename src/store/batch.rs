@@ -15,11 +15,11 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::customers::kind_to_column;
-use super::lane::{InFlight, Lane, Queue};
+use super::lane::{Batcher, InFlight, Lane, Queue};
 use crate::domain::{AccountScope, Customer, CustomerError, CustomerId, Etag, Profile};
 
 /// Most rows in one statement.
@@ -37,28 +37,18 @@ struct Pending {
     reply: oneshot::Sender<Result<Customer, StoreError>>,
 }
 
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("id", &self.id).finish()
-    }
-}
-
-/// The sending side; the workers stop once every sender is gone.
+/// Queues creates for the workers.
 #[derive(Debug, Clone)]
 pub struct InsertBatcher {
-    queue: mpsc::UnboundedSender<Pending>,
+    batcher: Batcher<Pending>,
 }
 
 impl InsertBatcher {
-    /// Starts the workers on the current runtime, each with its own
-    /// connection.
+    /// Starts the workers on the current runtime.
     pub fn start(pool: &PgPool) -> Self {
-        let (queue, receiver) = Queue::new();
-        let out = Arc::new(InFlight::default());
-        for _ in 0..WORKERS {
-            tokio::spawn(work(Lane::new(pool), receiver.clone(), out.clone()));
+        Self {
+            batcher: Batcher::start(pool, WORKERS, work),
         }
-        Self { queue }
     }
 
     /// Inserts a customer in the next batch and waits for its outcome.
@@ -68,19 +58,14 @@ impl InsertBatcher {
         id: &CustomerId,
         profile: &Profile,
     ) -> Result<Customer, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let pending = Pending {
-            scope: scope.clone(),
-            id: id.clone(),
-            profile: profile.clone(),
-            reply,
-        };
-        if self.queue.send(pending).is_err() {
-            return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed)));
-        }
-        outcome
+        self.batcher
+            .call(|reply| Pending {
+                scope: scope.clone(),
+                id: id.clone(),
+                profile: profile.clone(),
+                reply,
+            })
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed))))
     }
 }
 

@@ -15,12 +15,61 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, PgPool};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::StoreError;
 
 /// Idle longer than this, a connection is checked before its next batch.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// The sending side of a set of batch workers, each with its own
+/// connection; they stop once every clone of it is gone.
+pub(super) struct Batcher<J> {
+    queue: mpsc::UnboundedSender<J>,
+}
+
+impl<J> Clone for Batcher<J> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<J> std::fmt::Debug for Batcher<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<J: Send + 'static> Batcher<J> {
+    /// Starts `workers` tasks running `work` on the current runtime, all
+    /// taking jobs from one queue.
+    pub(super) fn start<W, F>(pool: &PgPool, workers: usize, work: W) -> Self
+    where
+        W: Fn(Lane, Queue<J>, Arc<InFlight>) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (queue, receiver) = Queue::new();
+        let out = Arc::new(InFlight::default());
+        for _ in 0..workers {
+            tokio::spawn(work(Lane::new(pool), receiver.clone(), out.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Queues the job that `job` makes around a reply channel, and waits
+    /// for the reply.
+    pub(super) async fn call<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> J,
+    ) -> Result<T, StoreError> {
+        let closed = || StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed));
+        let (reply, outcome) = oneshot::channel();
+        self.queue.send(job(reply)).map_err(|_| closed())?;
+        outcome.await.unwrap_or_else(|_| Err(closed()))
+    }
+}
 
 /// The receiving end of a batch queue, shared by a set of workers.
 pub(super) struct Queue<J> {
@@ -38,7 +87,7 @@ impl<J> Clone for Queue<J> {
 impl<J> Queue<J> {
     /// A queue and its sending side. The queue is unbounded on purpose: the
     /// server's concurrency limit already bounds how many calls can wait.
-    pub(super) fn new() -> (mpsc::UnboundedSender<J>, Self) {
+    fn new() -> (mpsc::UnboundedSender<J>, Self) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         (sender, Self { receiver })

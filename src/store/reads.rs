@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::customers::{SELECT_CUSTOMER, customer_from_row};
-use super::lane::{InFlight, Lane, Queue};
+use super::lane::{Batcher, InFlight, Lane, Queue};
 use crate::domain::{AccountScope, Customer, CustomerError, CustomerId};
 
 /// Most keys in one statement.
@@ -44,38 +44,28 @@ struct Pending {
     reply: Reply,
 }
 
-/// The sending side; the workers stop once every sender is gone.
+/// Queues gets for the worker.
 #[derive(Debug, Clone)]
 pub struct ReadBatcher {
-    queue: mpsc::UnboundedSender<Pending>,
+    batcher: Batcher<Pending>,
 }
 
 impl ReadBatcher {
-    /// Starts the workers on the current runtime, each with its own
-    /// connection.
+    /// Starts the workers on the current runtime.
     pub fn start(pool: &PgPool) -> Self {
-        let (queue, receiver) = Queue::new();
-        let out = Arc::new(InFlight::default());
-        for _ in 0..WORKERS {
-            tokio::spawn(work(Lane::new(pool), receiver.clone(), out.clone()));
+        Self {
+            batcher: Batcher::start(pool, WORKERS, work),
         }
-        Self { queue }
     }
 
     /// Reads a customer in the next batch.
     pub async fn get(&self, scope: &AccountScope, id: &CustomerId) -> Result<Customer, StoreError> {
-        let closed = || StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed));
-        let (reply, outcome) = oneshot::channel();
-        let pending = Pending {
-            key: (
-                scope.account_id.clone(),
-                scope.live_mode,
-                id.as_str().to_owned(),
-            ),
-            reply,
-        };
-        self.queue.send(pending).map_err(|_| closed())?;
-        outcome.await.unwrap_or_else(|_| Err(closed()))
+        let key = (
+            scope.account_id.clone(),
+            scope.live_mode,
+            id.as_str().to_owned(),
+        );
+        self.batcher.call(|reply| Pending { key, reply }).await
     }
 }
 
