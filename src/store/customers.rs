@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use super::batch::InsertBatcher;
-use super::reads::ReadBatcher;
+use super::reads::{ReadBatcher, batch_sql};
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
     Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
@@ -239,6 +239,27 @@ impl CustomerStore {
         let mut builder = QueryBuilder::new("EXPLAIN (FORMAT JSON) ");
         push_list_sql(&mut builder, scope, query);
         let row = builder.build().fetch_one(&mut *tx).await?;
+        let plan: serde_json::Value = row.try_get(0)?;
+        Ok(plan.to_string())
+    }
+
+    /// The plan PostgreSQL chooses for a batch of gets of `ids`, as JSON
+    /// text: for the test that checks the batch reads by primary key.
+    pub async fn explain_get_batch(
+        &self,
+        scope: &AccountScope,
+        ids: &[CustomerId],
+    ) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!("EXPLAIN (FORMAT JSON) {}", batch_sql()))
+            .bind(vec![scope.account_id.as_str(); ids.len()])
+            .bind(vec![scope.live_mode; ids.len()])
+            .bind(ids.iter().map(CustomerId::as_str).collect::<Vec<_>>())
+            .fetch_one(&mut *tx)
+            .await?;
         let plan: serde_json::Value = row.try_get(0)?;
         Ok(plan.to_string())
     }

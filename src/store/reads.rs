@@ -122,12 +122,7 @@ async fn select_batch(
         modes.push(*mode);
         ids.push(id.as_str());
     }
-    let sql = format!(
-        "{SELECT_CUSTOMER}
-         JOIN UNNEST($1::text[], $2::bool[], $3::text[]) AS k(account_id, live_mode, id)
-           ON c.account_id = k.account_id AND c.live_mode = k.live_mode AND c.id = k.id"
-    );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(&batch_sql())
         .bind(accounts)
         .bind(modes)
         .bind(ids)
@@ -141,4 +136,14 @@ async fn select_batch(
             Ok((key, customer))
         })
         .collect()
+}
+
+/// The statement of a batch: the customers joined to the requested keys,
+/// given as three arrays (accounts, modes, ids) of one length.
+pub(super) fn batch_sql() -> String {
+    format!(
+        "{SELECT_CUSTOMER}
+         JOIN UNNEST($1::text[], $2::bool[], $3::text[]) AS k(account_id, live_mode, id)
+           ON c.account_id = k.account_id AND c.live_mode = k.live_mode AND c.id = k.id"
+    )
 }

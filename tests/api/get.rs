@@ -1,6 +1,8 @@
 //! GetCustomer.
 
 use customers::api::pb::{self, GetCustomerRequest};
+use customers::domain::{AccountScope, CustomerId};
+use customers::store::CustomerStore;
 use tonic::Code;
 
 use crate::support::{TestApp, assert_error, violations};
@@ -139,4 +141,21 @@ async fn concurrent_gets_of_present_absent_repeated_and_foreign_ids_each_get_the
         }
     }
     assert_eq!(found, 60);
+}
+
+#[tokio::test]
+async fn a_batch_of_gets_reads_by_primary_key() {
+    let app = TestApp::spawn().await;
+    let store = CustomerStore::new(app.db.clone());
+    let ids: Vec<CustomerId> = (0..50)
+        .map(|i| CustomerId::from_trusted(format!("cus_{i}")))
+        .collect();
+
+    let plan = store
+        .explain_get_batch(&AccountScope::default_account(), &ids)
+        .await
+        .unwrap();
+
+    assert!(plan.contains("customers_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
 }
