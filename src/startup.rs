@@ -59,6 +59,7 @@ pub struct Application {
     max_request_bytes: usize,
     max_concurrent_calls: usize,
     shutdown_grace: Duration,
+    statement_timeout: Duration,
 }
 
 impl Application {
@@ -109,6 +110,7 @@ impl Application {
             max_request_bytes: config.max_request_bytes,
             max_concurrent_calls: config.max_concurrent_calls,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            statement_timeout: Duration::from_millis(config.db_statement_timeout_ms),
         })
     }
 
@@ -144,11 +146,13 @@ impl Application {
             max_request_bytes,
             max_concurrent_calls,
             shutdown_grace,
+            statement_timeout,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let embedded = embedded.map(Arc::new);
         tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics at /metrics");
+        let store = CustomerStore::new(pool.clone(), statement_timeout);
         let background = [
             tokio::spawn(watch_database(
                 health_pool.clone(),
@@ -157,10 +161,7 @@ impl Application {
                 embedded.clone(),
                 stopping_rx.clone(),
             )),
-            tokio::spawn(purge_expired_requests(
-                CustomerStore::new(pool.clone()),
-                stopping_rx.clone(),
-            )),
+            tokio::spawn(purge_expired_requests(store.clone(), stopping_rx.clone())),
             tokio::spawn(serve_metrics(
                 metrics_listener,
                 metrics.clone(),
@@ -168,13 +169,9 @@ impl Application {
             )),
         ];
 
-        let customers = CustomerServiceServer::new(CustomerApi::new(
-            CustomerStore::new(pool.clone()),
-            tokens,
-            auth,
-        ))
-        .max_decoding_message_size(max_request_bytes)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let customers = CustomerServiceServer::new(CustomerApi::new(store, tokens, auth))
+            .max_decoding_message_size(max_request_bytes)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
         tracing::info!(addr = %listener.local_addr()?, "serving");
         // Without TCP_NODELAY a reply waits for the client's delayed ACK
         // (tens of milliseconds) whenever it spans several segments.

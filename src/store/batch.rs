@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
@@ -45,9 +46,9 @@ pub struct InsertBatcher {
 
 impl InsertBatcher {
     /// Starts the workers on the current runtime.
-    pub fn start(pool: &PgPool) -> Self {
+    pub fn start(pool: &PgPool, statement_timeout: Duration) -> Self {
         Self {
-            batcher: Batcher::start(pool, WORKERS, work),
+            batcher: Batcher::start(pool, statement_timeout, WORKERS, work),
         }
     }
 
@@ -92,12 +93,10 @@ async fn work(mut lane: Lane, queue: Queue<Pending>, out: Arc<InFlight>) {
 
         let etags: Vec<Etag> = now.iter().map(|_| Etag::generate()).collect();
         let sent = out.start();
-        let outcome = match lane.connection().await {
-            Ok(connection) => insert_batch(connection, &now, &etags).await,
-            Err(error) => Err(error),
-        };
+        let outcome = lane
+            .run(async |connection| insert_batch(connection, &now, &etags).await)
+            .await;
         drop(sent);
-        lane.finished(&outcome);
         for (pending, etag) in now.into_iter().zip(etags) {
             let key = (
                 pending.scope.account_id.clone(),

@@ -1,5 +1,7 @@
 //! SQL for customers and their sources.
 
+use std::time::Duration;
+
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Row, Transaction};
@@ -41,12 +43,13 @@ pub struct CustomerStore {
 }
 
 impl CustomerStore {
-    /// A store over `pool`. Starts the batch workers for creates and gets
+    /// A store over `pool`, whose connections end statements after
+    /// `statement_timeout`. Starts the batch workers for creates and gets
     /// on the current runtime; they hold connections of their own besides
     /// the pool's.
-    pub fn new(pool: PgPool) -> Self {
-        let inserts = InsertBatcher::start(&pool);
-        let reads = ReadBatcher::start(&pool);
+    pub fn new(pool: PgPool, statement_timeout: Duration) -> Self {
+        let inserts = InsertBatcher::start(&pool, statement_timeout);
+        let reads = ReadBatcher::start(&pool, statement_timeout);
         Self {
             pool,
             inserts,

@@ -6,8 +6,8 @@
 //! server when it hands it out and again when it takes it back, which
 //! would triple the round trips of a batch. A lane checks its connection
 //! only after it sat idle (when the server may have restarted meanwhile)
-//! and drops it after a connection-level failure, so the next batch
-//! connects afresh.
+//! and drops it after a connection-level failure or a batch that got no
+//! answer in time, so the next batch connects afresh.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +45,12 @@ impl<J> std::fmt::Debug for Batcher<J> {
 impl<J: Send + 'static> Batcher<J> {
     /// Starts `workers` tasks running `work` on the current runtime, all
     /// taking jobs from one queue.
-    pub(super) fn start<W, F>(pool: &PgPool, workers: usize, work: W) -> Self
+    pub(super) fn start<W, F>(
+        pool: &PgPool,
+        statement_timeout: Duration,
+        workers: usize,
+        work: W,
+    ) -> Self
     where
         W: Fn(Lane, Queue<J>, Arc<InFlight>) -> F,
         F: Future<Output = ()> + Send + 'static,
@@ -53,7 +58,8 @@ impl<J: Send + 'static> Batcher<J> {
         let (queue, receiver) = Queue::new();
         let out = Arc::new(InFlight::default());
         for _ in 0..workers {
-            tokio::spawn(work(Lane::new(pool), receiver.clone(), out.clone()));
+            let lane = Lane::new(pool, statement_timeout);
+            tokio::spawn(work(lane, receiver.clone(), out.clone()));
         }
         Self { queue }
     }
@@ -180,45 +186,42 @@ fn drain<J>(receiver: &mut mpsc::UnboundedReceiver<J>, batch: &mut Vec<J>, max: 
 /// One worker's own connection to PostgreSQL, opened on first use.
 pub(super) struct Lane {
     options: Arc<PgConnectOptions>,
+    /// Bounds connecting and the idle check.
     connect_timeout: Duration,
+    /// Bounds a batch: PostgreSQL ends a statement at its statement
+    /// timeout, so no answer by this time means it stopped answering (a
+    /// hung server or a dead network path) rather than that it is busy.
+    batch_timeout: Duration,
     open: Option<(PgConnection, Instant)>,
 }
 
 impl Lane {
-    /// A lane to the pool's server, with the pool's settings (statement
-    /// timeout included) and its acquire timeout as the connect timeout.
-    pub(super) fn new(pool: &PgPool) -> Self {
+    /// A lane to the pool's server, with the pool's connect options (the
+    /// statement timeout included) and its acquire timeout as the connect
+    /// timeout.
+    pub(super) fn new(pool: &PgPool, statement_timeout: Duration) -> Self {
+        let connect_timeout = pool.options().get_acquire_timeout();
         Self {
             options: pool.connect_options(),
-            connect_timeout: pool.options().get_acquire_timeout(),
+            connect_timeout,
+            batch_timeout: statement_timeout + connect_timeout,
             open: None,
         }
     }
 
-    /// The connection, checked if it sat idle and opened if there is none.
-    /// Nothing of the batch has been sent yet, so a connection that fails
-    /// its check is simply replaced.
-    pub(super) async fn connection(&mut self) -> Result<&mut PgConnection, StoreError> {
-        if let Some((connection, last_used)) = &mut self.open
-            && last_used.elapsed() > IDLE_CHECK
-            && connection.ping().await.is_err()
-        {
-            self.open = None;
-        }
-        if self.open.is_none() {
-            let connection = tokio::time::timeout(self.connect_timeout, self.options.connect())
-                .await
-                .map_err(|_| StoreError::from(sqlx::Error::PoolTimedOut))??;
-            self.open = Some((connection, Instant::now()));
-        }
-        let (connection, _) = self.open.as_mut().expect("opened above");
-        Ok(connection)
-    }
-
-    /// Records how a batch on the connection ended. After a connection-level
-    /// failure the connection is dropped; its state is unknown.
-    pub(super) fn finished<T>(&mut self, outcome: &Result<T, StoreError>) {
-        match outcome {
+    /// Runs `batch` on the connection, within the batch timeout. After a
+    /// connection-level failure or a timeout the connection is dropped (its
+    /// state is unknown) and the next batch opens a new one.
+    pub(super) async fn run<T>(
+        &mut self,
+        batch: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let limit = self.batch_timeout;
+        let outcome = match self.connection().await {
+            Ok(connection) => within(limit, batch(connection)).await,
+            Err(error) => Err(error),
+        };
+        match &outcome {
             Err(StoreError::Unavailable(_)) => self.open = None,
             _ => {
                 if let Some((_, last_used)) = &mut self.open {
@@ -226,5 +229,41 @@ impl Lane {
                 }
             }
         }
+        outcome
     }
+
+    /// The connection, checked if it sat idle and opened if there is none.
+    /// Nothing of the batch has been sent yet, so a connection that fails
+    /// its check is simply replaced.
+    async fn connection(&mut self) -> Result<&mut PgConnection, StoreError> {
+        let limit = self.connect_timeout;
+        if let Some((connection, last_used)) = &mut self.open
+            && last_used.elapsed() > IDLE_CHECK
+            && within(limit, async { Ok(connection.ping().await?) })
+                .await
+                .is_err()
+        {
+            self.open = None;
+        }
+        if self.open.is_none() {
+            let connection = within(limit, async { Ok(self.options.connect().await?) }).await?;
+            self.open = Some((connection, Instant::now()));
+        }
+        let (connection, _) = self.open.as_mut().expect("opened above");
+        Ok(connection)
+    }
+}
+
+/// `work`, or UNAVAILABLE if it has not finished within `limit`.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        let silent = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "PostgreSQL did not answer in time",
+        );
+        Err(StoreError::from(sqlx::Error::Io(silent)))
+    })
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
@@ -52,9 +53,9 @@ pub struct ReadBatcher {
 
 impl ReadBatcher {
     /// Starts the workers on the current runtime.
-    pub fn start(pool: &PgPool) -> Self {
+    pub fn start(pool: &PgPool, statement_timeout: Duration) -> Self {
         Self {
-            batcher: Batcher::start(pool, WORKERS, work),
+            batcher: Batcher::start(pool, statement_timeout, WORKERS, work),
         }
     }
 
@@ -79,12 +80,10 @@ async fn work(mut lane: Lane, queue: Queue<Pending>, out: Arc<InFlight>) {
             waiting.entry(pending.key).or_default().push(pending.reply);
         }
         let sent = out.start();
-        let outcome = match lane.connection().await {
-            Ok(connection) => select_batch(connection, waiting.keys()).await,
-            Err(error) => Err(error),
-        };
+        let outcome = lane
+            .run(async |connection| select_batch(connection, waiting.keys()).await)
+            .await;
         drop(sent);
-        lane.finished(&outcome);
         // The callers may have gone (deadline); nothing to undo then.
         match outcome {
             Ok(found) => {

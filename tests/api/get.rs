@@ -146,7 +146,7 @@ async fn concurrent_gets_of_present_absent_repeated_and_foreign_ids_each_get_the
 #[tokio::test]
 async fn a_batch_of_gets_reads_by_primary_key() {
     let app = TestApp::spawn().await;
-    let store = CustomerStore::new(app.db.clone());
+    let store = CustomerStore::new(app.db.clone(), std::time::Duration::from_secs(5));
     let ids: Vec<CustomerId> = (0..50)
         .map(|i| CustomerId::from_trusted(format!("cus_{i}")))
         .collect();

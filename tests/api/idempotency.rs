@@ -298,7 +298,8 @@ async fn a_failed_create_keeps_no_record_and_records_older_than_a_day_expire() {
         .into_inner();
 
     assert_ne!(reused.id, old.id, "an expired request_id starts afresh");
-    let store = customers::store::CustomerStore::new(app.db.clone());
+    let store =
+        customers::store::CustomerStore::new(app.db.clone(), std::time::Duration::from_secs(5));
     sqlx::query("UPDATE idempotency_keys SET create_time = now() - interval '25 hours'")
         .execute(&app.db)
         .await

@@ -537,7 +537,7 @@ async fn every_filter_and_the_page_order_are_served_by_an_index() {
         .execute(&app.db)
         .await
         .unwrap();
-    let store = CustomerStore::new(app.db.clone());
+    let store = CustomerStore::new(app.db.clone(), std::time::Duration::from_secs(5));
     let scope = AccountScope::default_account();
     let now = time::OffsetDateTime::now_utc();
     let cursor = Some(Cursor {

@@ -261,6 +261,142 @@ async fn a_database_crash_loses_no_acknowledged_create_and_the_service_recovers_
         .unwrap();
 }
 
+/// Stops (SIGSTOP) a PostgreSQL server and every process it started, and
+/// lets them go on (SIGCONT) when dropped, even if the test fails.
+struct Frozen(Vec<nix::unistd::Pid>);
+
+impl Frozen {
+    fn freeze(data_dir: &std::path::Path) -> Frozen {
+        let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+            let parent: i32 = after_comm.split(' ').nth(1).unwrap().parse().unwrap();
+            if parent == postmaster {
+                pids.push(pid);
+            }
+        }
+        let pids: Vec<_> = pids.into_iter().map(nix::unistd::Pid::from_raw).collect();
+        for &pid in &pids {
+            nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGCONT);
+        }
+    }
+}
+
+/// A server that stops answering (hung, or a network path that drops
+/// everything) must not hold batched calls for as long as it is silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in_time() {
+    let root = customers::store::embedded::traversable_temp_dir().unwrap();
+    let data_dir = root.path().join("pgdata");
+    let dir = data_dir.clone();
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir, None))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut config = Config::for_database(pg.url(), "127.0.0.1:0".parse().unwrap());
+    config.db_acquire_timeout_ms = 500;
+    config.db_statement_timeout_ms = 1000;
+    // Keys are checked from the cache while the database is silent.
+    config.api_key_cache_ms = 600_000;
+    let mut server = RunningServer::start(&config).await.unwrap();
+    let channel = server.channel().await;
+    let key = {
+        let db = PgPool::connect(pg.url()).await.unwrap();
+        let key = crate::support::issue_key(&db, "acct_default", false).await;
+        db.close().await;
+        key
+    };
+    let client = crate::support::client_with_key(channel.clone(), &key);
+    let created = client
+        .clone()
+        .create_customer(pb::CreateCustomerRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let get = |id: String| {
+        let mut client = client.clone();
+        async move {
+            let started = Instant::now();
+            // A deadline, so that a regression fails instead of hanging.
+            let mut request = tonic::Request::new(GetCustomerRequest { id });
+            request.set_timeout(Duration::from_secs(20));
+            let outcome = client.get_customer(request).await;
+            (outcome.map(|r| r.into_inner()), started.elapsed())
+        }
+    };
+    get(created.id.clone()).await.0.unwrap();
+
+    let frozen = Frozen::freeze(&data_dir);
+    let create = |n: usize| {
+        let mut client = client.clone();
+        async move {
+            let started = Instant::now();
+            let mut request = tonic::Request::new(pb::CreateCustomerRequest {
+                customer: Some(pb::Customer {
+                    id: format!("cus_frozen_{n}"),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            });
+            request.set_timeout(Duration::from_secs(20));
+            (client.create_customer(request).await, started.elapsed())
+        }
+    };
+    let gets: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(get(created.id.clone())))
+        .collect();
+    let creates: Vec<_> = (0..5).map(|n| tokio::spawn(create(n))).collect();
+    for call in gets {
+        let (outcome, took) = call.await.unwrap();
+        let error = outcome.unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+        assert!(took < Duration::from_secs(5), "a get waited {took:?}");
+    }
+    for call in creates {
+        let (outcome, took) = call.await.unwrap();
+        let error = outcome.unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+        assert!(took < Duration::from_secs(5), "a create waited {took:?}");
+    }
+
+    drop(frozen);
+    let started = Instant::now();
+    let found = loop {
+        match get(created.id.clone()).await.0 {
+            Ok(found) => break found,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => panic!("still failing once the database answers: {error:?}"),
+        }
+    };
+    assert_eq!(found.id, created.id);
+
+    server.stop().await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_call_past_its_deadline_leaves_nothing_behind() {
     let app = TestApp::spawn().await;
