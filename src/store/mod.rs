@@ -79,6 +79,11 @@ pub struct PoolSettings {
 
 /// Opens a pool to `url`. Connections are made lazily, so the service starts
 /// (and reports NOT_SERVING) while the database is still down.
+///
+/// Known gap: statements on pooled connections are bounded only by the
+/// server's own statement timeout, so a server that goes silent in the
+/// middle of one holds the call until the client's deadline. (The batch
+/// workers bound theirs; see `lane`.)
 pub fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     let timeout_ms = settings.statement_timeout.as_millis().to_string();
     let options: PgConnectOptions = url
