@@ -162,9 +162,13 @@ async fn insert_rows(
     etags: &[Etag],
     on_conflict: &str,
 ) -> Result<HashMap<RowKey, OffsetDateTime>, StoreError> {
-    let json =
-        |value: serde_json::Result<serde_json::Value>| value.expect("profiles always serialise");
-    let column = |f: &dyn Fn(&Pending) -> Option<String>| batch.iter().map(f).collect::<Vec<_>>();
+    // One array per column, in the batch's order.
+    fn each<T>(batch: &[Pending], value: impl Fn(&Pending) -> T) -> Vec<T> {
+        batch.iter().map(value).collect()
+    }
+    fn json(value: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(value).expect("profiles always serialise")
+    }
     let sql = format!(
         "INSERT INTO customers (account_id, live_mode, id, email, shipping, default_source_id,
              tax_identifiers, locale, customer_type, enabled, metadata, etag, email_folded,
@@ -179,63 +183,35 @@ async fn insert_rows(
          RETURNING account_id, live_mode, id, create_time"
     );
     let rows: Vec<(String, bool, String, OffsetDateTime)> = sqlx::query_as(&sql)
-        .bind(
-            batch
-                .iter()
-                .map(|p| p.scope.account_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|p| p.scope.live_mode).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|p| p.id.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(&|p| {
+        .bind(each(batch, |p| p.scope.account_id.clone()))
+        .bind(each(batch, |p| p.scope.live_mode))
+        .bind(each(batch, |p| p.id.as_str().to_owned()))
+        .bind(each(batch, |p| {
             p.profile.email.as_ref().map(|e| e.as_str().to_owned())
         }))
-        .bind(
-            batch
-                .iter()
-                .map(|p| json(serde_json::to_value(&p.profile.shipping)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(&|p| {
+        .bind(each(batch, |p| json(&p.profile.shipping)))
+        .bind(each(batch, |p| {
             p.profile
                 .default_source_id
                 .as_ref()
                 .map(|s| s.as_str().to_owned())
         }))
-        .bind(
-            batch
-                .iter()
-                .map(|p| json(serde_json::to_value(&p.profile.tax_identifiers)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(&|p| {
+        .bind(each(batch, |p| json(&p.profile.tax_identifiers)))
+        .bind(each(batch, |p| {
             p.profile.locale.as_ref().map(|l| l.as_str().to_owned())
         }))
-        .bind(
-            batch
-                .iter()
-                .map(|p| kind_to_column(p.profile.kind))
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|p| p.profile.enabled).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|p| json(serde_json::to_value(&p.profile.metadata)))
-                .collect::<Vec<_>>(),
-        )
+        .bind(each(batch, |p| kind_to_column(p.profile.kind)))
+        .bind(each(batch, |p| p.profile.enabled))
+        .bind(each(batch, |p| json(&p.profile.metadata)))
         .bind(
             etags
                 .iter()
                 .map(|e| e.as_str().to_owned())
                 .collect::<Vec<_>>(),
         )
-        .bind(column(&|p| p.profile.email.as_ref().map(|e| e.folded())))
+        .bind(each(batch, |p| {
+            p.profile.email.as_ref().map(|e| e.folded())
+        }))
         .fetch_all(connection)
         .await?;
     Ok(rows
