@@ -30,7 +30,8 @@ const MAX_BATCH: usize = 128;
 /// Batches out at once. One: a read is short, and in the benchmark a
 /// second worker only split the batches without adding throughput.
 const WORKERS: usize = 1;
-/// Fewest rows of a batch sent while another is out.
+/// Fewest rows of a batch sent while another is out (which, with one
+/// worker, never happens: each batch takes whatever is queued).
 const MIN_BATCH: usize = 16;
 
 /// Owner and id of a row.
