@@ -9,10 +9,16 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
+/// Without `RUST_LOG`: `info`, except PostgreSQL's notices, which are
+/// chatter such as "relation already exists, skipping" from the idempotent
+/// migrations at every start.
+const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 /// Installs the global subscriber, writing to stderr. The level comes from
-/// `RUST_LOG`; the default is `info`.
+/// `RUST_LOG`, else [`DEFAULT_FILTER`].
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only for a terminal, not for files and pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     init_with(format, filter, std::io::stderr, ansi);
