@@ -26,15 +26,8 @@ const SAMPLES: usize = 300;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Held to the end: it owns the temporary data directory.
-    let database = common::database().await?;
-    let base_url = database.base_url.clone();
-    let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
-    let name = format!("bench_{}", std::process::id());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    let url = format!("{base_url}/{name}");
+    let database = common::BenchDatabase::create().await?;
+    let url = database.url.clone();
 
     let app = Application::build(&Config::for_database(&url, "127.0.0.1:0".parse()?)).await?;
     let addr = app.local_addr();
@@ -92,14 +85,7 @@ async fn main() -> anyhow::Result<()> {
     stop.send(()).ok();
     server.await??;
     db.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    if let Some(embedded) = database.embedded {
-        embedded.stop()?;
-    }
-    Ok(())
+    database.remove().await
 }
 
 /// Inserts the customers in one statement, one second apart, with a

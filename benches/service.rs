@@ -78,15 +78,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let step = Duration::from_secs(seconds);
-    // Held to the end: it owns the temporary data directory.
-    let database = common::database().await?;
-    let base_url = database.base_url.clone();
-    let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
-    let name = format!("bench_{}", std::process::id());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    let url = format!("{base_url}/{name}");
+    let database = common::BenchDatabase::create().await?;
+    let url = database.url.clone();
 
     // A first start migrates the empty database; the timed one finds it
     // migrated, as a restarted service would.
@@ -125,8 +118,10 @@ async fn main() -> anyhow::Result<()> {
             ms(f.p99),
             f.errors
         );
+        drop(clients);
         server.stop();
-        return Ok(());
+        db.close().await;
+        return database.remove().await;
     }
     let pgbench = PgBench::new(&url)?;
     let mut reference: HashMap<(&str, usize), f64> = HashMap::new();
@@ -234,14 +229,7 @@ async fn main() -> anyhow::Result<()> {
     drop(clients);
     server.stop();
     db.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    if let Some(embedded) = database.embedded {
-        embedded.stop()?;
-    }
-    Ok(())
+    database.remove().await
 }
 
 fn verdict(what: &str, value: f64, relation: &str, target: f64) {

@@ -1,36 +1,62 @@
-//! What the benchmarks share: a PostgreSQL to measure against.
+//! What the benchmarks share: a database to measure against, and a client.
 
 use customers::store::embedded::{EmbeddedPostgres, traversable_temp_dir};
+use sqlx::PgPool;
 
-/// A PostgreSQL server for a benchmark: its URL without a database name,
-/// and what to stop and delete afterwards when it was started here. Keep it
-/// alive for the whole run: dropping it deletes the data directory.
+/// A fresh database for a benchmark, `bench_<pid>`, on the server named by
+/// DATABASE_URL, else on a private one started from the system's binaries
+/// in a temporary folder. Keep it alive for the whole run, and end it with
+/// [`BenchDatabase::remove`], which drops the database (it would stay on a
+/// server of your own) and stops a private server.
 pub struct BenchDatabase {
-    pub base_url: String,
-    pub embedded: Option<EmbeddedPostgres>,
+    /// The URL of the fresh database.
+    pub url: String,
+    name: String,
+    admin: PgPool,
+    embedded: Option<EmbeddedPostgres>,
     _dir: Option<tempfile::TempDir>,
 }
 
-/// The server named by DATABASE_URL, else a private one started from the
-/// system's binaries in a temporary folder.
-pub async fn database() -> anyhow::Result<BenchDatabase> {
-    let without_name = |url: &str| url[..url.rfind('/').unwrap_or(url.len())].to_owned();
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok(BenchDatabase {
-            base_url: without_name(&url),
-            embedded: None,
-            _dir: None,
-        });
+impl BenchDatabase {
+    pub async fn create() -> anyhow::Result<BenchDatabase> {
+        let without_name = |url: &str| url[..url.rfind('/').unwrap_or(url.len())].to_owned();
+        let (base_url, embedded, dir) = match std::env::var("DATABASE_URL") {
+            Ok(url) => (without_name(&url), None, None),
+            Err(_) => {
+                let dir = traversable_temp_dir()?;
+                let data_dir = dir.path().join("pgdata");
+                let embedded =
+                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None))
+                        .await??;
+                (without_name(embedded.url()), Some(embedded), Some(dir))
+            }
+        };
+        let admin = PgPool::connect(&format!("{base_url}/postgres")).await?;
+        let name = format!("bench_{}", std::process::id());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await?;
+        Ok(BenchDatabase {
+            url: format!("{base_url}/{name}"),
+            name,
+            admin,
+            embedded,
+            _dir: dir,
+        })
     }
-    let dir = traversable_temp_dir()?;
-    let data_dir = dir.path().join("pgdata");
-    let embedded =
-        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None)).await??;
-    Ok(BenchDatabase {
-        base_url: without_name(embedded.url()),
-        embedded: Some(embedded),
-        _dir: Some(dir),
-    })
+
+    /// Drops the database (close every pool to it first) and stops a
+    /// private server.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        sqlx::query(&format!("DROP DATABASE {}", self.name))
+            .execute(&self.admin)
+            .await?;
+        self.admin.close().await;
+        if let Some(embedded) = self.embedded {
+            tokio::task::spawn_blocking(move || embedded.stop()).await??;
+        }
+        Ok(())
+    }
 }
 
 /// A customer client that sends an API key with every call.
