@@ -94,6 +94,14 @@ pub struct Config {
     #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Threads that run the server. With one (the default) every task runs
+    /// on a single thread, so the replies that one database batch releases
+    /// leave in one write per connection; more threads use tokio's
+    /// work-stealing scheduler, which suits CPU-heavy loads such as large
+    /// list pages better but writes each reply on its own.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = at_least_one)]
+    pub worker_threads: usize,
+
     /// Most calls served at once; beyond it calls are refused at once with
     /// RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64, value_parser = at_least_one)]
@@ -242,6 +250,7 @@ impl fmt::Debug for Config {
             )
             .field("data_dir", &self.data_dir)
             .field("postgres_bin_dir", &self.postgres_bin_dir)
+            .field("worker_threads", &self.worker_threads)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("db_max_connections", &self.db_max_connections)
@@ -296,6 +305,7 @@ mod tests {
         for args in [
             &["customer-service", "--db-max-connections", "0"][..],
             &["customer-service", "--max-concurrent-calls", "0"],
+            &["customer-service", "--worker-threads", "0"],
             &["customer-service", "--page-token-key", "short"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
@@ -307,5 +317,6 @@ mod tests {
         let cli = Cli::try_parse_from(["customer-service"]).unwrap();
         assert_eq!(cli.config.listen_addr, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(cli.config.max_request_bytes, 1 << 20);
+        assert_eq!(cli.config.worker_threads, 1);
     }
 }

@@ -5,10 +5,25 @@ use customers::config::{Cli, Command};
 use customers::startup::{self, Application};
 use customers::telemetry;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.config.log_format);
+    runtime(cli.config.worker_threads)?.block_on(run(cli))
+}
+
+/// One thread: a current-thread runtime. More: tokio's multi-thread one.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(&cli.config).await?;

@@ -347,3 +347,92 @@ async fn an_embedded_postgres_that_was_killed_is_started_again() {
     println!("embedded PostgreSQL back {back_in:?} after SIGKILL");
     server.stop().await.unwrap();
 }
+
+/// The released binary, started with `threads` worker threads, until dropped.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_stops_cleanly_on_one_thread_and_on_several() {
+    for threads in ["1", "2"] {
+        let url = crate::support::fresh_database().await;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut server = ServerProcess(
+            std::process::Command::new(env!("CARGO_BIN_EXE_customer-service"))
+                .env("DATABASE_URL", &url)
+                .env("LISTEN_ADDR", addr.to_string())
+                .env("METRICS_ADDR", "127.0.0.1:0")
+                .env("WORKER_THREADS", threads)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let started = Instant::now();
+        let channel = loop {
+            let endpoint =
+                tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap();
+            if let Ok(channel) = endpoint.connect().await {
+                let health = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await;
+                if health.is_ok_and(|h| h.into_inner().status() == ServingStatus::Serving) {
+                    break channel;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{threads} thread(s): not SERVING after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        let key = crate::support::issue_key(&db, "acct_threads", false).await;
+        let mut client = crate::support::client_with_key(channel, &key);
+
+        let created = client
+            .create_customer(CreateCustomerRequest {
+                customer: Some(pb::Customer {
+                    email: Some("threads@example.com".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let read = client
+            .get_customer(GetCustomerRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = server.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{threads} thread(s): no exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+
+        assert_eq!(read.email.as_deref(), Some("threads@example.com"));
+        assert_eq!(read.id, created.id);
+        assert!(status.success(), "{threads} thread(s): {status}");
+    }
+}
