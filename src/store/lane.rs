@@ -199,10 +199,24 @@ impl Lane {
     /// A lane to the pool's server, with the pool's connect options (the
     /// statement timeout included) and its acquire timeout as the connect
     /// timeout.
+    ///
+    /// The lane's statements always run PostgreSQL's generic plan. A batch
+    /// statement has the same text for one row or a hundred, and PostgreSQL
+    /// keeps planning a prepared statement anew on every execution for as
+    /// long as those custom plans look cheaper on average than the generic
+    /// one, which is what happens when the first batches, at low load, hold
+    /// a row or two: measured, gets at 8 callers lost a third of their
+    /// throughput to planning, and kept losing it at higher load. The
+    /// generic plan joins the keys to the primary key for any batch size
+    /// (a test checks it).
     pub(super) fn new(pool: &PgPool, statement_timeout: Duration) -> Self {
         let connect_timeout = pool.options().get_acquire_timeout();
         Self {
-            options: pool.connect_options(),
+            options: Arc::new(
+                (*pool.connect_options())
+                    .clone()
+                    .options([("plan_cache_mode", "force_generic_plan")]),
+            ),
             connect_timeout,
             batch_timeout: statement_timeout + connect_timeout,
             open: None,
