@@ -71,7 +71,11 @@ struct Figures {
     errors: usize,
 }
 
-#[tokio::main]
+// One thread, like the server: the callers woken by one read of a
+// connection then send their next calls in one write, where a
+// work-stealing runtime writes each on its own (a loopback write costs
+// both processes a few microseconds).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -103,21 +107,30 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let clients = connect(server.addr, &key).await?;
-    // BENCH_ONLY=get:32 (for a profiler, say) runs that one step and stops.
+    let mut quiet = Settle::new();
+    // BENCH_ONLY=get:32 (for a profiler, say) runs that one step and stops;
+    // BENCH_ONLY=create:128,get:32 runs those steps in that order.
     if let Ok(only) = std::env::var("BENCH_ONLY") {
-        let (rpc, callers) = only
-            .split_once(':')
-            .and_then(|(rpc, callers)| Some((Rpc::parse(rpc)?, callers.parse().ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("BENCH_ONLY wants rpc:callers, as in get:32"))?;
+        let steps = only
+            .split(',')
+            .map(|step| {
+                step.split_once(':')
+                    .and_then(|(rpc, callers)| Some((Rpc::parse(rpc)?, callers.parse().ok()?)))
+                    .ok_or_else(|| anyhow::anyhow!("BENCH_ONLY wants rpc:callers, as in get:32"))
+            })
+            .collect::<anyhow::Result<Vec<(Rpc, usize)>>>()?;
         println!("server pid {}", server.child.id());
-        let f = drive(&clients, rpc, callers, step, None).await;
-        println!(
-            "{rpc:?} at {callers}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-            f.per_second,
-            ms(f.p50),
-            ms(f.p99),
-            f.errors
-        );
+        for (rpc, callers) in steps {
+            quiet.settle(&db).await;
+            let f = drive(&clients, rpc, callers, step, None).await;
+            println!(
+                "{rpc:?} at {callers}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                f.per_second,
+                ms(f.p50),
+                ms(f.p99),
+                f.errors
+            );
+        }
         drop(clients);
         server.stop();
         db.close().await;
@@ -127,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let mut reference: HashMap<(&str, usize), f64> = HashMap::new();
     for &callers in &LEVELS {
         for script in ["insert", "select"] {
+            quiet.settle(&db).await;
             reference.insert((script, callers), pgbench.run(script, callers, seconds)?);
         }
     }
@@ -134,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let mut results: HashMap<(Rpc, usize), Figures> = HashMap::new();
     for rpc in [Rpc::Echo, Rpc::Create, Rpc::Get, Rpc::Update, Rpc::List] {
         for &callers in &LEVELS {
+            quiet.settle(&db).await;
             results.insert(
                 (rpc, callers),
                 drive(&clients, rpc, callers, step, None).await,
@@ -177,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|c| results[&(Rpc::Create, *c)].per_second)
         .fold(0.0, f64::max);
+    quiet.settle(&db).await;
     let half = drive(&clients, Rpc::Create, 64, step, Some(create_peak / 2.0)).await;
     let streams = thousand_streams(&clients).await;
     let rss_streams = server.peak_rss_kib();
@@ -392,6 +408,34 @@ async fn connect(
         ));
     }
     Ok(clients)
+}
+
+/// Brings the database to the same quiet state before every measured step:
+/// the rows that earlier steps wrote vacuumed and analysed, their dirty
+/// pages written out. Otherwise autovacuum and checkpoints, started by the
+/// hundreds of thousands of rows the write steps add, land in whichever
+/// step happens to follow.
+struct Settle {
+    /// CHECKPOINT needs a superuser or `pg_checkpoint`; without, only vacuum.
+    checkpoint: bool,
+}
+
+impl Settle {
+    fn new() -> Self {
+        Self { checkpoint: true }
+    }
+
+    async fn settle(&mut self, db: &PgPool) {
+        if let Err(e) = sqlx::query("VACUUM (ANALYZE) customers").execute(db).await {
+            eprintln!("(VACUUM failed, figures may be noisier: {e})");
+        }
+        if self.checkpoint
+            && let Err(e) = sqlx::query("CHECKPOINT").execute(db).await
+        {
+            eprintln!("(CHECKPOINT refused, figures may be noisier: {e})");
+            self.checkpoint = false;
+        }
+    }
 }
 
 /// Stores customers for the read benchmarks, like the ones Create makes.
