@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     // A first start migrates the empty database; the timed one finds it
     // migrated, as a restarted service would.
     let mut server = Server::start(&url).await?;
-    server.stop();
+    server.stop().await;
     let mut server = Server::start(&url).await?;
     let db = PgPool::connect(&url).await?;
     let key = KeyStore::new(db.clone())
@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         drop(clients);
-        server.stop();
+        server.stop().await;
         db.close().await;
         return database.remove().await;
     }
@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     drop(clients);
-    server.stop();
+    server.stop().await;
     db.close().await;
     database.remove().await
 }
@@ -517,13 +517,18 @@ impl Server {
             .unwrap_or(0)
     }
 
-    /// SIGTERM and wait, unless it has already been waited for (its pid
-    /// may belong to another process by then).
-    fn stop(&mut self) {
+    /// Stops the server as an orchestrator would, with SIGTERM, and waits
+    /// for it to exit; nothing to do once it has been waited for (its pid
+    /// may belong to another process by then). It waits without blocking
+    /// the thread: the server finishes once the client's connections
+    /// close, and on this one-thread runtime other tasks close them.
+    async fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-            let _ = self.child.wait();
+            while let Ok(None) = self.child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 }
@@ -531,7 +536,10 @@ impl Server {
 impl Drop for Server {
     /// A run that fails half way must not leave the server running.
     fn drop(&mut self) {
-        self.stop();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
