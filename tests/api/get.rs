@@ -146,21 +146,13 @@ async fn concurrent_gets_of_present_absent_repeated_and_foreign_ids_each_get_the
 async fn a_batch_of_gets_reads_by_primary_key() {
     let app = TestApp::spawn().await;
     let store = CustomerStore::new(app.db.clone(), std::time::Duration::from_secs(5));
-    // Enough rows in a few accounts for the planner's statistics to
-    // matter: on an empty table any index looks as good as the key.
-    sqlx::query(
+    app.insert_customers_and_analyze(
         "INSERT INTO customers (account_id, live_mode, id, customer_type, enabled,
              create_time, update_time, etag)
          SELECT 'acct_' || (g % 4), g % 2 = 0, 'cus_' || g, 1, true, now(), now(), md5(g::text)
          FROM generate_series(1, 5000) g",
     )
-    .execute(&app.db)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE customers")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    .await;
 
     let plan = store.explain_get_batch().await.unwrap();
 

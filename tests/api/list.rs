@@ -523,20 +523,14 @@ async fn every_filter_and_the_page_order_are_served_by_an_index() {
     use customers::domain::{AccountScope, Cursor, CustomerId, ListFilter, ListQuery};
     use customers::store::CustomerStore;
     let app = TestApp::spawn().await;
-    sqlx::query(
+    app.insert_customers_and_analyze(
         "INSERT INTO customers (account_id, live_mode, id, email, email_folded, customer_type,
              enabled, create_time, update_time, etag)
          SELECT 'acct_default', false, 'cus_' || g, 'u' || g || '@example.com', 'u' || g || '@example.com',
              1, true, now() - g * interval '1 second', now(), 'etag'
          FROM generate_series(1, 5000) g",
     )
-    .execute(&app.db)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE customers")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    .await;
     let store = CustomerStore::new(app.db.clone(), std::time::Duration::from_secs(5));
     let scope = AccountScope::default_account();
     let now = time::OffsetDateTime::now_utc();

@@ -242,6 +242,17 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Runs `insert`, which writes customers straight to their table, and
+    /// refreshes that table's statistics: for tests of query plans, which
+    /// on a near-empty table prove nothing.
+    pub async fn insert_customers_and_analyze(&self, insert: &str) {
+        sqlx::query(insert).execute(&self.db).await.unwrap();
+        sqlx::query("ANALYZE customers")
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
     /// How many customers the database holds.
     pub async fn customer_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM customers")
