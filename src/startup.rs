@@ -17,10 +17,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::BoxError;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
-use tower::load_shed::error::Overloaded;
 use tower::util::MapResultLayer;
 
 use crate::api::pb::customer_service_server::CustomerServiceServer;
@@ -169,9 +165,10 @@ impl Application {
             )),
         ];
 
-        let customers = CustomerServiceServer::new(CustomerApi::new(store, tokens, auth))
-            .max_decoding_message_size(max_request_bytes)
-            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let customers =
+            CustomerServiceServer::new(CustomerApi::new(store, tokens, auth, max_concurrent_calls))
+                .max_decoding_message_size(max_request_bytes)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
         tracing::info!(addr = %listener.local_addr()?, "serving");
         // Without TCP_NODELAY a reply waits for the client's delayed ACK
         // (tens of milliseconds) whenever it spans several segments.
@@ -182,12 +179,11 @@ impl Application {
         }
         let served = builder
             // Outermost first: one span, log line and metric per call;
-            // contract statuses for what the layers below refuse; refusal
-            // instead of queueing beyond the call limit.
+            // contract statuses for what tonic refuses. The limit of calls
+            // at once is the handlers' (`CustomerApi::admit`), so that it
+            // counts only requests that have arrived whole.
             .layer(ObserveLayer::new(metrics))
             .layer(MapResultLayer::new(contract_errors))
-            .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::new(max_concurrent_calls))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -521,9 +517,8 @@ async fn restart_if_dead(server: Arc<EmbeddedPostgres>) {
     }
 }
 
-/// Gives what the server's layers refuse the contract's statuses, each with
-/// an ErrorInfo:
-/// - a call beyond the concurrency limit: RESOURCE_EXHAUSTED, `OVERLOADED`;
+/// Gives what tonic refuses the contract's statuses, each with an
+/// ErrorInfo:
 /// - a request message over the size limit, which tonic refuses with
 ///   OUT_OF_RANGE before any handler runs: RESOURCE_EXHAUSTED,
 ///   `REQUEST_TOO_LARGE` (no handler of ours answers OUT_OF_RANGE);
@@ -533,21 +528,10 @@ async fn restart_if_dead(server: Arc<EmbeddedPostgres>) {
 ///   always carries details, so it is never mistaken for one of these;
 /// - any other error without details (an unknown method, say) keeps its
 ///   code and gains an ErrorInfo naming it.
-fn contract_errors<B: Default>(
-    result: Result<http::Response<B>, BoxError>,
-) -> Result<http::Response<B>, BoxError> {
-    let response = match result {
-        Err(error) if error.is::<Overloaded>() => {
-            return Ok(error::status(
-                Code::ResourceExhausted,
-                "the server is at its limit of concurrent calls; retry with backoff",
-                "OVERLOADED",
-            )
-            .into_http());
-        }
-        Err(error) => return Err(error),
-        Ok(response) => response,
-    };
+fn contract_errors<B: Default, E>(
+    result: Result<http::Response<B>, E>,
+) -> Result<http::Response<B>, E> {
+    let response = result?;
     let Some(code) = header_status(&response) else {
         return Ok(response);
     };

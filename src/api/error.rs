@@ -80,6 +80,15 @@ pub fn invalid_argument(violations: Violations) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// RESOURCE_EXHAUSTED for a call beyond the limit of calls served at once.
+pub fn overloaded() -> Status {
+    status(
+        Code::ResourceExhausted,
+        "the server is at its limit of concurrent calls; retry with backoff",
+        "OVERLOADED",
+    )
+}
+
 /// INVALID_ARGUMENT for a request body that is not valid protobuf.
 pub fn malformed_request() -> Status {
     status(

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
 use super::convert::{
     customer_to_proto, masked, parse_id, parse_profile, parse_timestamp, resolve_mask,
 };
-use super::error::invalid_argument;
+use super::error::{invalid_argument, overloaded};
 use super::observe::record_customer;
 use super::page_token::PageTokens;
 use super::pb::{self, customer_service_server::CustomerService};
@@ -37,17 +38,43 @@ pub struct CustomerApi {
     tokens: PageTokens,
     /// Decides the account and mode each call acts for.
     auth: Arc<Authenticator>,
+    /// Places for the calls served at once; see [`CustomerApi::admit`].
+    calls: Arc<Semaphore>,
 }
 
 impl CustomerApi {
-    /// A service over `store` that authenticates with `auth` and signs page
-    /// tokens with `tokens`.
-    pub fn new(store: CustomerStore, tokens: PageTokens, auth: Arc<Authenticator>) -> Self {
+    /// A service over `store` that authenticates with `auth`, signs page
+    /// tokens with `tokens` and serves at most `max_calls` calls at once.
+    pub fn new(
+        store: CustomerStore,
+        tokens: PageTokens,
+        auth: Arc<Authenticator>,
+        max_calls: usize,
+    ) -> Self {
         Self {
             store,
             tokens,
             auth,
+            calls: Arc::new(Semaphore::new(max_calls)),
         }
+    }
+
+    /// Admits a call: a place among the calls served at once, held until
+    /// the permit drops, or OVERLOADED at once when there is none; then the
+    /// owner the call acts for. Handlers run only once their request has
+    /// arrived whole, so a client that opens calls and never finishes
+    /// sending them holds no place and cannot lock others out.
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(AccountScope, OwnedSemaphorePermit), Status> {
+        let place = self
+            .calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded())?;
+        let scope = self.auth.scope(request.metadata()).await?;
+        Ok((scope, place))
     }
 
     /// Parses the filters, size and position of a ListCustomers request.
@@ -176,7 +203,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let customer = request.customer.unwrap_or_default();
         let mut violations = Violations::new();
@@ -224,7 +251,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let id = parse_id("id", &request.id, &mut violations);
@@ -240,7 +267,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let Some(customer) = request.customer else {
@@ -286,7 +313,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let query = self.parse_list(&scope, request.get_ref())?;
         let rows = self.store.list(&scope, &query).await?;
 
@@ -325,7 +352,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<()>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let id = parse_id("id", &request.id, &mut violations);
@@ -343,7 +370,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::AttachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
         record_customer(id.as_str());
@@ -356,7 +383,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DetachSourceRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let scope = self.auth.scope(request.metadata()).await?;
+        let (scope, _place) = self.admit(&request).await?;
         let request = request.into_inner();
         let (id, source) = parse_source_request(&request.customer_id, &request.source_id)?;
         record_customer(id.as_str());

@@ -436,6 +436,56 @@ async fn a_call_past_its_deadline_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn calls_whose_request_never_finishes_arriving_take_no_place() {
+    let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 4).await;
+    let stored = app.create(pb::Customer::default()).await;
+    // Twice the limit of calls that send their headers, without an API
+    // key, and then never send the request message.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut grpc = tonic::client::Grpc::new(app.channel().await);
+        grpc.ready().await.unwrap();
+        stalled.push(tokio::spawn(async move {
+            let never = tokio_stream::pending::<GetCustomerRequest>();
+            grpc.client_streaming(
+                tonic::Request::new(never),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/customers.v1.CustomerService/GetCustomer",
+                ),
+                tonic_prost::ProstCodec::<GetCustomerRequest, pb::Customer>::default(),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut answered = Vec::new();
+    for _ in 0..8 {
+        let got = app
+            .client
+            .clone()
+            .get_customer(GetCustomerRequest {
+                id: stored.id.clone(),
+            })
+            .await;
+        answered.push(got.map(|r| r.into_inner().id).map_err(|e| e.code()));
+    }
+    let health = HealthClient::new(app.channel().await)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let still_waiting = stalled.iter().filter(|call| !call.is_finished()).count();
+    for call in stalled {
+        call.abort();
+    }
+
+    assert_eq!(answered, vec![Ok(stored.id.clone()); 8]);
+    assert_eq!(health.status(), ServingStatus::Serving);
+    assert_eq!(still_waiting, 8, "the stalled calls were still open");
+}
+
+#[tokio::test]
 async fn calls_beyond_the_limit_are_refused_fast_and_memory_stays_bounded() {
     let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 4).await;
     let busy = app.blocked_updates("cus_busy", 4).await;
