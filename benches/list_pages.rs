@@ -27,16 +27,22 @@ const SAMPLES: usize = 300;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let database = common::BenchDatabase::create().await?;
-    let url = database.url.clone();
+    let outcome = measure(&database.url).await;
+    // Whatever happened, the database goes and a private server stops.
+    let removed = database.remove().await;
+    outcome.and(removed)
+}
 
-    let app = Application::build(&Config::for_database(&url, "127.0.0.1:0".parse()?)).await?;
+/// Stores the customers in the database at `url`, times the pages, prints.
+async fn measure(url: &str) -> anyhow::Result<()> {
+    let app = Application::build(&Config::for_database(url, "127.0.0.1:0".parse()?)).await?;
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
 
-    let db = PgPool::connect(&url).await?;
+    let db = PgPool::connect(url).await?;
     let started = Instant::now();
     fill(&db).await?;
     println!("stored {CUSTOMERS} customers in {:.1?}", started.elapsed());
@@ -85,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     stop.send(()).ok();
     server.await??;
     db.close().await;
-    database.remove().await
+    Ok(())
 }
 
 /// Inserts the customers in one statement, one second apart, with a

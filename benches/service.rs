@@ -81,16 +81,44 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let step = Duration::from_secs(seconds);
+    // Read before anything starts, so that a typo leaves nothing behind.
+    let only = match std::env::var("BENCH_ONLY") {
+        Ok(steps) => Some(parse_steps(&steps)?),
+        Err(_) => None,
+    };
     let database = common::BenchDatabase::create().await?;
-    let url = database.url.clone();
+    let outcome = measure(&database.url, seconds, only).await;
+    // Whatever happened, the database goes and a private server stops.
+    let removed = database.remove().await;
+    outcome.and(removed)
+}
 
+/// `rpc:callers[,rpc:callers…]`, as in `create:128,get:32`.
+fn parse_steps(text: &str) -> anyhow::Result<Vec<(Rpc, usize)>> {
+    text.split(',')
+        .map(|step| {
+            step.split_once(':')
+                .and_then(|(rpc, callers)| Some((Rpc::parse(rpc)?, callers.parse().ok()?)))
+                .filter(|(_, callers)| *callers > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "BENCH_ONLY wants rpc:callers[,rpc:callers…] with rpc one of echo, \
+                         create, get, update, list, as in get:32; got {step:?}"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The whole benchmark on the database at `url`, or only the `only` steps.
+async fn measure(url: &str, seconds: u64, only: Option<Vec<(Rpc, usize)>>) -> anyhow::Result<()> {
+    let step = Duration::from_secs(seconds);
     // A first start migrates the empty database; the timed one finds it
     // migrated, as a restarted service would.
-    let mut server = Server::start(&url).await?;
+    let mut server = Server::start(url).await?;
     server.stop().await;
-    let mut server = Server::start(&url).await?;
-    let db = PgPool::connect(&url).await?;
+    let mut server = Server::start(url).await?;
+    let db = PgPool::connect(url).await?;
     let key = KeyStore::new(db.clone())
         .create("acct_default", false)
         .await?
@@ -110,15 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let mut quiet = Settle::new();
     // BENCH_ONLY=get:32 (for a profiler, say) runs that one step and stops;
     // BENCH_ONLY=create:128,get:32 runs those steps in that order.
-    if let Ok(only) = std::env::var("BENCH_ONLY") {
-        let steps = only
-            .split(',')
-            .map(|step| {
-                step.split_once(':')
-                    .and_then(|(rpc, callers)| Some((Rpc::parse(rpc)?, callers.parse().ok()?)))
-                    .ok_or_else(|| anyhow::anyhow!("BENCH_ONLY wants rpc:callers, as in get:32"))
-            })
-            .collect::<anyhow::Result<Vec<(Rpc, usize)>>>()?;
+    if let Some(steps) = only {
         println!("server pid {}", server.child.id());
         for (rpc, callers) in steps {
             quiet.settle(&db).await;
@@ -134,9 +154,9 @@ async fn main() -> anyhow::Result<()> {
         drop(clients);
         server.stop().await;
         db.close().await;
-        return database.remove().await;
+        return Ok(());
     }
-    let pgbench = PgBench::new(&url)?;
+    let pgbench = PgBench::new(url)?;
     let mut reference: HashMap<(&str, usize), f64> = HashMap::new();
     for &callers in &LEVELS {
         for script in ["insert", "select"] {
@@ -245,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
     drop(clients);
     server.stop().await;
     db.close().await;
-    database.remove().await
+    Ok(())
 }
 
 fn verdict(what: &str, value: f64, relation: &str, target: f64) {

@@ -45,16 +45,17 @@ impl BenchDatabase {
         })
     }
 
-    /// Drops the database (close every pool to it first) and stops a
-    /// private server.
+    /// Drops the database, ending connections still open to it, and stops
+    /// a private server, the latter even when the former fails.
     pub async fn remove(self) -> anyhow::Result<()> {
-        sqlx::query(&format!("DROP DATABASE {}", self.name))
+        let dropped = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&self.admin)
-            .await?;
+            .await;
         self.admin.close().await;
         if let Some(embedded) = self.embedded {
             tokio::task::spawn_blocking(move || embedded.stop()).await??;
         }
+        dropped?;
         Ok(())
     }
 }
