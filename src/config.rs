@@ -102,8 +102,10 @@ pub struct Config {
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = at_least_one)]
     pub worker_threads: usize,
 
-    /// Most calls served at once; beyond it calls are refused at once with
-    /// RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
+    /// Most customer-service calls served at once, counted from when a
+    /// call's request has arrived whole; beyond it calls are refused at once
+    /// with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
+    /// Health and reflection calls are not counted.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64, value_parser = at_least_one)]
     pub max_concurrent_calls: usize,
 
