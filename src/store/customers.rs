@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use super::batch::InsertBatcher;
-use super::reads::{ReadBatcher, batch_sql};
+use super::reads::{BATCH_SQL, ReadBatcher};
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
     Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
@@ -258,7 +258,7 @@ impl CustomerStore {
         let mut connection = self.pool.connect_options().connect().await?;
         let prepare = format!(
             "PREPARE get_batch(text[], bool[], text[]) AS {}",
-            batch_sql()
+            *BATCH_SQL
         );
         for statement in ["SET plan_cache_mode = force_generic_plan", &prepare] {
             sqlx::query(statement).execute(&mut connection).await?;

@@ -13,7 +13,7 @@
 //! statement, which Citus allows (a batcher per shard would avoid it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
@@ -125,7 +125,7 @@ async fn select_batch(
         modes.push(*mode);
         ids.push(id.as_str());
     }
-    let rows = sqlx::query(&batch_sql())
+    let rows = sqlx::query(&BATCH_SQL)
         .bind(accounts)
         .bind(modes)
         .bind(ids)
@@ -142,11 +142,11 @@ async fn select_batch(
 }
 
 /// The statement of a batch: the customers joined to the requested keys,
-/// given as three arrays (accounts, modes, ids) of one length.
-pub(super) fn batch_sql() -> String {
+/// given as three arrays (accounts, modes, ids) of one length. Built once.
+pub(super) static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{SELECT_CUSTOMER}
          JOIN UNNEST($1::text[], $2::bool[], $3::text[]) AS k(account_id, live_mode, id)
            ON c.account_id = k.account_id AND c.live_mode = k.live_mode AND c.id = k.id"
     )
-}
+});
