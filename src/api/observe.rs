@@ -4,10 +4,17 @@
 //! when it sends a usable one, else a fresh UUID, and returned in the
 //! response's `x-request-id`), the customer id once a handler knows it, the
 //! status code and the duration. Nothing from the request body.
+//!
+//! A call whose caller broke off before its request had arrived (reset the
+//! stream or dropped the connection) is recorded as CANCELLED and logged at
+//! debug level: whatever status tonic then makes up for the torn request
+//! (UNKNOWN for a lost connection) is never seen by anyone, and it is not
+//! the service's failure.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -56,9 +63,9 @@ pub struct Observe<S> {
 
 impl<S, B, R> Service<http::Request<B>> for Observe<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S: Service<http::Request<Watched<B>>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Unpin + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -91,11 +98,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
+        let broke_off = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| Watched {
+            body,
+            broke_off: broke_off.clone(),
+        });
 
         Box::pin(async move {
             let mut result = inner.call(request).instrument(span.clone()).await;
             let elapsed = started.elapsed();
             let code = match &mut result {
+                _ if broke_off.load(Ordering::Relaxed) => Code::Cancelled,
                 Ok(response) => {
                     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                         response.headers_mut().insert(REQUEST_ID, value);
@@ -110,10 +123,43 @@ where
             span.in_scope(|| match code {
                 Code::Internal | Code::Unknown | Code::DataLoss => tracing::error!("call failed"),
                 Code::Unavailable | Code::ResourceExhausted => tracing::warn!("call refused"),
+                Code::Cancelled => tracing::debug!("caller broke off the call"),
                 _ => tracing::debug!("call finished"),
             });
             result
         })
+    }
+}
+
+/// A request body that notes whether reading it failed, which on a server
+/// means the caller's side of the stream broke off.
+#[derive(Debug)]
+pub struct Watched<B> {
+    body: B,
+    broke_off: Arc<AtomicBool>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.broke_off.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -436,3 +436,102 @@ async fn the_binary_serves_and_stops_cleanly_on_one_thread_and_on_several() {
         assert!(status.success(), "{threads} thread(s): {status}");
     }
 }
+
+/// A request body that sends its bytes and then neither ends nor sends more.
+struct NeverFinished(Option<bytes::Bytes>);
+
+impl http_body::Body for NeverFinished {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        match self.0.take() {
+            Some(bytes) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Starts a GetCustomer call over `channel` whose message announces 100
+/// bytes and sends 2, so that the server waits for the rest.
+fn half_sent_get(mut channel: tonic::transport::Channel) -> tokio::task::JoinHandle<()> {
+    use tower::Service;
+    // Frame header (uncompressed, length 100), then field 1 cut short.
+    let torn = bytes::Bytes::from_static(&[0, 0, 0, 0, 100, 10, 3]);
+    let request = tonic::codegen::http::Request::post(
+        "http://customers/customers.v1.CustomerService/GetCustomer",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(tonic::body::Body::new(NeverFinished(Some(torn))))
+    .unwrap();
+    tokio::spawn(async move {
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let _ = channel.call(request).await;
+    })
+}
+
+#[tokio::test]
+async fn calls_the_caller_breaks_off_count_as_cancelled_not_as_failures() {
+    let app = TestApp::spawn().await;
+
+    // A caller that resets its stream mid-message.
+    let channel = app.channel().await;
+    let call = half_sent_get(channel.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    call.abort();
+
+    // A caller whose connection goes away mid-message, as when its process
+    // dies: the connection runs through a relay that is then dropped.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let server_addr = app.addr;
+    let pipe = tokio::spawn(async move {
+        let (mut inbound, _) = relay.accept().await.unwrap();
+        let mut outbound = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    });
+    let relayed = tonic::transport::Channel::from_shared(format!("http://{relay_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let _call = half_sent_get(relayed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pipe.abort();
+
+    let finished_gets = "customers_grpc_call_duration_seconds_count{\
+        grpc_service=\"customers.v1.CustomerService\",grpc_method=\"GetCustomer\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = scrape(&app).await;
+        if sample(&metrics, finished_gets) == Some(2.0) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let get_codes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("customers_grpc_calls_total") && l.contains("\"GetCustomer\""))
+        .collect();
+    assert_eq!(
+        get_codes,
+        vec![
+            "customers_grpc_calls_total{grpc_service=\"customers.v1.CustomerService\",\
+             grpc_method=\"GetCustomer\",grpc_code=\"Cancelled\"} 2"
+        ],
+        "{metrics}"
+    );
+    // The connection whose stream was reset still serves.
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+}
