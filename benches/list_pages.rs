@@ -47,7 +47,7 @@ async fn measure(url: &str) -> anyhow::Result<()> {
     fill(&db).await?;
     println!("stored {CUSTOMERS} customers in {:.1?}", started.elapsed());
 
-    let key = customers::store::KeyStore::new(db.clone())
+    let key = customers::store::KeyStore::new(db.clone(), std::time::Duration::from_secs(5))
         .create("acct_default", false)
         .await?
         .0;

@@ -119,7 +119,7 @@ async fn measure(url: &str, seconds: u64, only: Option<Vec<(Rpc, usize)>>) -> an
     server.stop().await;
     let mut server = Server::start(url).await?;
     let db = PgPool::connect(url).await?;
-    let key = KeyStore::new(db.clone())
+    let key = KeyStore::new(db.clone(), std::time::Duration::from_secs(5))
         .create("acct_default", false)
         .await?
         .0;

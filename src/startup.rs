@@ -90,7 +90,8 @@ impl Application {
             Authenticator::disabled()
         } else {
             let ttl = Duration::from_millis(config.api_key_cache_ms);
-            Authenticator::with_keys(KeyStore::new(pool.clone()), ttl)
+            let keys = KeyStore::new(pool.clone(), config.pool_settings().statement_timeout);
+            Authenticator::with_keys(keys, ttl)
         };
         let metrics = Metrics::new(pool.clone(), config.db_max_connections, embedded.is_some());
         Ok(Self {
@@ -106,7 +107,7 @@ impl Application {
             max_request_bytes: config.max_request_bytes,
             max_concurrent_calls: config.max_concurrent_calls,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
-            statement_timeout: Duration::from_millis(config.db_statement_timeout_ms),
+            statement_timeout: config.pool_settings().statement_timeout,
         })
     }
 
@@ -293,7 +294,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Runs a `keys` subcommand, printing to stdout.
 pub async fn manage_keys(config: &Config, command: &KeysCommand) -> anyhow::Result<()> {
     with_migrated_pool(config, |pool| async move {
-        let keys = KeyStore::new(pool);
+        let keys = KeyStore::new(pool, config.pool_settings().statement_timeout);
         match command {
             KeysCommand::Create { account, live } => {
                 let mut violations = Violations::new();
@@ -414,7 +415,7 @@ async fn quickstart_key(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "the local test-mode API key is in this file");
         return Ok(());
     }
-    let (text, record) = KeyStore::new(pool.clone())
+    let (text, record) = KeyStore::new(pool.clone(), config.pool_settings().statement_timeout)
         .create("acct_default", false)
         .await?;
     let mut file = std::fs::OpenOptions::new();

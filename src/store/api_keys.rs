@@ -1,9 +1,11 @@
 //! SQL for API keys.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use super::StoreError;
+use super::{BoundedPool, StoreError};
 use crate::domain::{AccountScope, PresentedKey};
 
 /// A stored key: everything but the secret, which only its hash stands for.
@@ -30,13 +32,16 @@ impl ApiKeyRecord {
 /// Creates, finds, lists and revokes API keys.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
-    pool: PgPool,
+    db: BoundedPool,
 }
 
 impl KeyStore {
-    /// A store over `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store over `pool`, whose connections end statements after
+    /// `statement_timeout`.
+    pub fn new(pool: PgPool, statement_timeout: Duration) -> Self {
+        Self {
+            db: BoundedPool::new(pool, statement_timeout),
+        }
     }
 
     /// Creates a key for `account_id` in the given mode; returns the key's
@@ -55,41 +60,47 @@ impl KeyStore {
         .bind(&key.id)
         .bind(account_id)
         .bind(live_mode)
-        .bind(key.secret_hash())
-        .fetch_one(&self.pool)
-        .await?;
+        .bind(key.secret_hash());
+        let record = self
+            .db
+            .run(async |connection| Ok(record.fetch_one(connection).await?))
+            .await?;
         Ok((text, record))
     }
 
     /// The key with this id, revoked or not.
     pub async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        let query = sqlx::query_as(
             "SELECT id, account_id, live_mode, secret_hash, create_time, revoke_time
              FROM api_keys WHERE id = $1",
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        .bind(id);
+        self.db
+            .run(async |connection| Ok(query.fetch_optional(connection).await?))
+            .await
     }
 
     /// Every key, oldest first.
     pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        Ok(sqlx::query_as(
+        let query = sqlx::query_as(
             "SELECT id, account_id, live_mode, secret_hash, create_time, revoke_time
              FROM api_keys ORDER BY create_time, id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        );
+        self.db
+            .run(async |connection| Ok(query.fetch_all(connection).await?))
+            .await
     }
 
     /// Revokes a key; false when no unrevoked key has this id.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query(
+        let query = sqlx::query(
             "UPDATE api_keys SET revoke_time = now() WHERE id = $1 AND revoke_time IS NULL",
         )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .bind(id);
+        let result = self
+            .db
+            .run(async |connection| Ok(query.execute(connection).await?))
+            .await?;
         Ok(result.rows_affected() == 1)
     }
 }

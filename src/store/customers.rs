@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::types::Json;
 use sqlx::{
     ConnectOptions, Connection, PgExecutor, PgPool, Postgres, QueryBuilder, Row, Transaction,
 };
 use time::OffsetDateTime;
 
-use super::StoreError;
 use super::batch::InsertBatcher;
 use super::reads::{BATCH_SQL, ReadBatcher};
+use super::{BoundedPool, StoreError};
 use crate::domain::{
     AccountScope, Customer, CustomerError, CustomerId, CustomerKind, CustomerPatch, EmailAddress,
     Etag, IdempotencyKey, ListQuery, Locale, Profile, Source, SourceId,
@@ -39,9 +39,18 @@ const IDEMPOTENCY_WINDOW: &str = "24 hours";
 /// Reads and writes customers. Cheap to clone: it is a handle to the pool.
 #[derive(Debug, Clone)]
 pub struct CustomerStore {
-    pool: PgPool,
+    db: BoundedPool,
     inserts: InsertBatcher,
     reads: ReadBatcher,
+}
+
+/// What an idempotent create found: its own insert, or an earlier call's.
+enum Claim {
+    Inserted(Box<Customer>),
+    Replay {
+        first_id: String,
+        claimed_at: OffsetDateTime,
+    },
 }
 
 impl CustomerStore {
@@ -53,7 +62,7 @@ impl CustomerStore {
         let inserts = InsertBatcher::start(&pool, statement_timeout);
         let reads = ReadBatcher::start(&pool, statement_timeout);
         Self {
-            pool,
+            db: BoundedPool::new(pool, statement_timeout),
             inserts,
             reads,
         }
@@ -61,7 +70,7 @@ impl CustomerStore {
 
     /// The pool, for health checks.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.db.pool
     }
 
     /// Inserts a new customer. An existing id is refused by the primary key
@@ -84,55 +93,17 @@ impl CustomerStore {
         let Some(key) = key else {
             return self.inserts.insert(scope, id, profile).await;
         };
-        let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys
-                 (account_id, live_mode, request_id, fingerprint, customer_id, create_time)
-             VALUES ($1, $2, $3, $4, $5, now())
-             ON CONFLICT (account_id, live_mode, request_id) DO UPDATE
-                 SET fingerprint = EXCLUDED.fingerprint, customer_id = EXCLUDED.customer_id,
-                     create_time = EXCLUDED.create_time
-                 WHERE idempotency_keys.create_time < now() - $6::interval
-             RETURNING 1",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(&key.request_id)
-        .bind(&key.fingerprint)
-        .bind(id.as_str())
-        .bind(IDEMPOTENCY_WINDOW)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
-        if claimed {
-            let customer = insert_row(&mut *tx, scope, id, profile).await?;
-            tx.commit().await?;
-            return Ok(customer);
-        }
-
-        let (fingerprint, first_id, claimed_at): (Option<Vec<u8>>, String, OffsetDateTime) =
-            sqlx::query_as(
-                "SELECT fingerprint, customer_id, create_time FROM idempotency_keys
-                 WHERE account_id = $1 AND live_mode = $2 AND request_id = $3",
-            )
-            .bind(&scope.account_id)
-            .bind(scope.live_mode)
-            .bind(&key.request_id)
-            .fetch_one(&mut *tx)
+        let claim = self
+            .db
+            .run(async |connection| claim_request(connection, scope, id, profile, key).await)
             .await?;
-        tx.rollback().await?;
-        // Erasure clears the fingerprint; the requested id, which erasure
-        // keeps, is then all that can still be compared.
-        let reused = match fingerprint {
-            Some(fingerprint) => fingerprint != key.fingerprint,
-            None => key
-                .requested_id
-                .as_ref()
-                .is_some_and(|id| id.as_str() != first_id),
+        let (first_id, claimed_at) = match claim {
+            Claim::Inserted(customer) => return Ok(*customer),
+            Claim::Replay {
+                first_id,
+                claimed_at,
+            } => (first_id, claimed_at),
         };
-        if reused {
-            return Err(CustomerError::RequestIdReused.into());
-        }
         tracing::debug!("replaying an idempotent create");
         let customer = self.get(scope, &CustomerId::from_trusted(first_id)).await?;
         // The record and the customer were written in one transaction, so
@@ -149,15 +120,20 @@ impl CustomerStore {
     pub async fn purge_expired_requests(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM idempotency_keys
-                     WHERE create_time < now() - $1::interval LIMIT 1000))",
-            )
-            .bind(IDEMPOTENCY_WINDOW)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let deleted = self
+                .db
+                .run(async |connection| {
+                    let done = sqlx::query(
+                        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                             SELECT ctid FROM idempotency_keys
+                             WHERE create_time < now() - $1::interval LIMIT 1000))",
+                    )
+                    .bind(IDEMPOTENCY_WINDOW)
+                    .execute(connection)
+                    .await?;
+                    Ok(done.rows_affected())
+                })
+                .await?;
             total += deleted;
             if deleted < 1000 {
                 return Ok(total);
@@ -182,30 +158,34 @@ impl CustomerStore {
         expected_etag: Option<&Etag>,
         patch: &CustomerPatch,
     ) -> Result<Customer, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut customer = lock(&mut tx, scope, id).await?;
-        if customer.forgotten {
-            return Err(CustomerError::Forgotten.into());
-        }
-        if expected_etag.is_some_and(|etag| *etag != customer.etag) {
-            return Err(CustomerError::EtagMismatch.into());
-        }
+        self.db
+            .run(async |connection| {
+                let mut tx = connection.begin().await?;
+                let mut customer = lock(&mut tx, scope, id).await?;
+                if customer.forgotten {
+                    return Err(CustomerError::Forgotten.into());
+                }
+                if expected_etag.is_some_and(|etag| *etag != customer.etag) {
+                    return Err(CustomerError::EtagMismatch.into());
+                }
 
-        let before = customer.clone();
-        if patch.forget {
-            customer.forget();
-        } else {
-            customer
-                .profile
-                .apply(&patch.mask, &patch.values)
-                .map_err(CustomerError::Invalid)?;
-            customer.check_default_source()?;
-        }
-        if customer == before {
-            return Ok(customer);
-        }
+                let before = customer.clone();
+                if patch.forget {
+                    customer.forget();
+                } else {
+                    customer
+                        .profile
+                        .apply(&patch.mask, &patch.values)
+                        .map_err(CustomerError::Invalid)?;
+                    customer.check_default_source()?;
+                }
+                if customer == before {
+                    return Ok(customer);
+                }
 
-        save(tx, scope, customer).await
+                save(tx, scope, customer).await
+            })
+            .await
     }
 
     /// One page of customers, newest first (create_time, then id, both
@@ -221,9 +201,14 @@ impl CustomerStore {
         scope: &AccountScope,
         query: &ListQuery,
     ) -> Result<Vec<Customer>, StoreError> {
-        let rows = list_query(scope, query)
-            .build()
-            .fetch_all(&self.pool)
+        let rows = self
+            .db
+            .run(async |connection| {
+                Ok(list_query(scope, query)
+                    .build()
+                    .fetch_all(connection)
+                    .await?)
+            })
             .await?;
         rows.iter().map(customer_from_row).collect()
     }
@@ -235,7 +220,7 @@ impl CustomerStore {
         scope: &AccountScope,
         query: &ListQuery,
     ) -> Result<String, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool.begin().await?;
         // Tiny test tables make a sequential scan cheapest; the question
         // here is whether an index can serve the query at all.
         sqlx::query("SET LOCAL enable_seqscan = off")
@@ -255,7 +240,7 @@ impl CustomerStore {
     /// its own that it then closes (a prepared statement outlives
     /// transactions).
     pub async fn explain_get_batch(&self) -> Result<String, StoreError> {
-        let mut connection = self.pool.connect_options().connect().await?;
+        let mut connection = self.db.pool.connect_options().connect().await?;
         let prepare = format!(
             "PREPARE get_batch(text[], bool[], text[]) AS {}",
             *BATCH_SQL
@@ -280,28 +265,34 @@ impl CustomerStore {
         id: &CustomerId,
         expected_etag: Option<&Etag>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let etag: Option<String> = sqlx::query_scalar(
-            "SELECT etag FROM customers
-             WHERE account_id = $1 AND live_mode = $2 AND id = $3 FOR UPDATE",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let etag = etag.ok_or(CustomerError::NotFound)?;
-        if expected_etag.is_some_and(|expected| expected.as_str() != etag) {
-            return Err(CustomerError::EtagMismatch.into());
-        }
-        sqlx::query("DELETE FROM customers WHERE account_id = $1 AND live_mode = $2 AND id = $3")
-            .bind(&scope.account_id)
-            .bind(scope.live_mode)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.db
+            .run(async |connection| {
+                let mut tx = connection.begin().await?;
+                let etag: Option<String> = sqlx::query_scalar(
+                    "SELECT etag FROM customers
+                 WHERE account_id = $1 AND live_mode = $2 AND id = $3 FOR UPDATE",
+                )
+                .bind(&scope.account_id)
+                .bind(scope.live_mode)
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let etag = etag.ok_or(CustomerError::NotFound)?;
+                if expected_etag.is_some_and(|expected| expected.as_str() != etag) {
+                    return Err(CustomerError::EtagMismatch.into());
+                }
+                sqlx::query(
+                    "DELETE FROM customers WHERE account_id = $1 AND live_mode = $2 AND id = $3",
+                )
+                .bind(&scope.account_id)
+                .bind(scope.live_mode)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Attaches a source. The customer's row lock serialises concurrent
@@ -313,27 +304,32 @@ impl CustomerStore {
         id: &CustomerId,
         source: &SourceId,
     ) -> Result<Customer, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut customer = lock(&mut tx, scope, id).await?;
-        if !customer.can_attach(source)? {
-            return Ok(customer);
-        }
-        let attach_time: OffsetDateTime = sqlx::query_scalar(
-            "INSERT INTO customer_sources (account_id, live_mode, customer_id, source_id, attach_time)
-             VALUES ($1, $2, $3, $4, now())
-             RETURNING attach_time",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(id.as_str())
-        .bind(source.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        customer.attach(Source {
-            id: source.clone(),
-            attach_time,
-        });
-        save(tx, scope, customer).await
+        self.db
+            .run(async |connection| {
+                let mut tx = connection.begin().await?;
+                let mut customer = lock(&mut tx, scope, id).await?;
+                if !customer.can_attach(source)? {
+                    return Ok(customer);
+                }
+                let attach_time: OffsetDateTime = sqlx::query_scalar(
+                    "INSERT INTO customer_sources
+                     (account_id, live_mode, customer_id, source_id, attach_time)
+                 VALUES ($1, $2, $3, $4, now())
+                 RETURNING attach_time",
+                )
+                .bind(&scope.account_id)
+                .bind(scope.live_mode)
+                .bind(id.as_str())
+                .bind(source.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                customer.attach(Source {
+                    id: source.clone(),
+                    attach_time,
+                });
+                save(tx, scope, customer).await
+            })
+            .await
     }
 
     /// Detaches a source, clearing the default when it was the default.
@@ -344,20 +340,24 @@ impl CustomerStore {
         id: &CustomerId,
         source: &SourceId,
     ) -> Result<Customer, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut customer = lock(&mut tx, scope, id).await?;
-        customer.detach(source)?;
-        sqlx::query(
-            "DELETE FROM customer_sources
-             WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3 AND source_id = $4",
-        )
-        .bind(&scope.account_id)
-        .bind(scope.live_mode)
-        .bind(id.as_str())
-        .bind(source.as_str())
-        .execute(&mut *tx)
-        .await?;
-        save(tx, scope, customer).await
+        self.db
+            .run(async |connection| {
+                let mut tx = connection.begin().await?;
+                let mut customer = lock(&mut tx, scope, id).await?;
+                customer.detach(source)?;
+                sqlx::query(
+                    "DELETE FROM customer_sources
+                 WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3 AND source_id = $4",
+                )
+                .bind(&scope.account_id)
+                .bind(scope.live_mode)
+                .bind(id.as_str())
+                .bind(source.as_str())
+                .execute(&mut *tx)
+                .await?;
+                save(tx, scope, customer).await
+            })
+            .await
     }
 }
 
@@ -405,6 +405,70 @@ fn push_list_sql<'q>(
     }
     builder.push(" ORDER BY c.create_time DESC, c.id DESC LIMIT ");
     builder.push_bind(query.page_size as i64 + 1);
+}
+
+/// The transaction of an idempotent create: claims the request id and
+/// inserts the customer, or finds the earlier call that claimed it.
+async fn claim_request(
+    connection: &mut PgConnection,
+    scope: &AccountScope,
+    id: &CustomerId,
+    profile: &Profile,
+    key: &IdempotencyKey,
+) -> Result<Claim, StoreError> {
+    let mut tx = connection.begin().await?;
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys
+             (account_id, live_mode, request_id, fingerprint, customer_id, create_time)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (account_id, live_mode, request_id) DO UPDATE
+             SET fingerprint = EXCLUDED.fingerprint, customer_id = EXCLUDED.customer_id,
+                 create_time = EXCLUDED.create_time
+             WHERE idempotency_keys.create_time < now() - $6::interval
+         RETURNING 1",
+    )
+    .bind(&scope.account_id)
+    .bind(scope.live_mode)
+    .bind(&key.request_id)
+    .bind(&key.fingerprint)
+    .bind(id.as_str())
+    .bind(IDEMPOTENCY_WINDOW)
+    .fetch_optional(&mut *tx)
+    .await?
+    .is_some();
+    if claimed {
+        let customer = insert_row(&mut *tx, scope, id, profile).await?;
+        tx.commit().await?;
+        return Ok(Claim::Inserted(Box::new(customer)));
+    }
+
+    let (fingerprint, first_id, claimed_at): (Option<Vec<u8>>, String, OffsetDateTime) =
+        sqlx::query_as(
+            "SELECT fingerprint, customer_id, create_time FROM idempotency_keys
+             WHERE account_id = $1 AND live_mode = $2 AND request_id = $3",
+        )
+        .bind(&scope.account_id)
+        .bind(scope.live_mode)
+        .bind(&key.request_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    // Erasure clears the fingerprint; the requested id, which erasure keeps,
+    // is then all that can still be compared.
+    let reused = match fingerprint {
+        Some(fingerprint) => fingerprint != key.fingerprint,
+        None => key
+            .requested_id
+            .as_ref()
+            .is_some_and(|id| id.as_str() != first_id),
+    };
+    if reused {
+        return Err(CustomerError::RequestIdReused.into());
+    }
+    Ok(Claim::Replay {
+        first_id,
+        claimed_at,
+    })
 }
 
 /// Inserts the customer row.

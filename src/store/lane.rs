@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use super::StoreError;
+use super::{StoreError, answer_limit, within};
 
 /// Idle longer than this, a connection is checked before its next batch.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
@@ -218,7 +218,7 @@ impl Lane {
                     .options([("plan_cache_mode", "force_generic_plan")]),
             ),
             connect_timeout,
-            batch_timeout: statement_timeout + connect_timeout,
+            batch_timeout: answer_limit(pool, statement_timeout),
             open: None,
         }
     }
@@ -266,18 +266,4 @@ impl Lane {
         let (connection, _) = self.open.as_mut().expect("opened above");
         Ok(connection)
     }
-}
-
-/// `work`, or UNAVAILABLE if it has not finished within `limit`.
-async fn within<T>(
-    limit: Duration,
-    work: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-        let silent = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "PostgreSQL did not answer in time",
-        );
-        Err(StoreError::from(sqlx::Error::Io(silent)))
-    })
 }

@@ -13,7 +13,7 @@ mod reads;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use api_keys::{ApiKeyRecord, KeyStore};
@@ -69,6 +69,65 @@ fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// How long the service waits for PostgreSQL to finish a unit of work (a
+/// batch, or a call's statements on a pooled connection) before it gives
+/// up with UNAVAILABLE. Longer than the statement timeout, so that the
+/// server's own timeout, which rolls back cleanly, normally fires first;
+/// this bound is for a server that has gone silent and answers nothing.
+fn answer_limit(pool: &PgPool, statement_timeout: Duration) -> Duration {
+    statement_timeout + pool.options().get_acquire_timeout()
+}
+
+/// `work`, or UNAVAILABLE if it has not finished within `limit`.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        let silent = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "PostgreSQL did not answer in time",
+        );
+        Err(StoreError::from(sqlx::Error::Io(silent)))
+    })
+}
+
+/// The request pool, with a bound on how long a call's statements may go
+/// unanswered (the answer limit).
+#[derive(Debug, Clone)]
+struct BoundedPool {
+    pool: PgPool,
+    answer_limit: Duration,
+}
+
+impl BoundedPool {
+    /// `pool`, whose connections end statements after `statement_timeout`.
+    fn new(pool: PgPool, statement_timeout: Duration) -> Self {
+        Self {
+            answer_limit: answer_limit(&pool, statement_timeout),
+            pool,
+        }
+    }
+
+    /// Runs `work` on a connection from the pool, and fails it with
+    /// UNAVAILABLE once it has waited longer than the answer limit for a
+    /// server that went silent. That connection is then closed, not
+    /// returned: its state is unknown, and the pool's check on return would
+    /// wait on the silent server too. A transaction left open is rolled
+    /// back by the server when the connection ends.
+    async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let outcome = within(self.answer_limit, work(&mut connection)).await;
+        if let Err(StoreError::Unavailable(_)) = outcome {
+            connection.close_on_drop();
+        }
+        outcome
+    }
+}
+
 /// How to reach PostgreSQL and how hard to lean on it.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -80,10 +139,6 @@ pub struct PoolSettings {
 /// Opens a pool to `url`. Connections are made lazily, so the service starts
 /// (and reports NOT_SERVING) while the database is still down.
 ///
-/// Known gap: statements on pooled connections are bounded only by the
-/// server's own statement timeout, so a server that goes silent in the
-/// middle of one holds the call until the client's deadline. (The batch
-/// workers bound theirs; see `lane`.)
 pub fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     let timeout_ms = settings.statement_timeout.as_millis().to_string();
     let options: PgConnectOptions = url

@@ -301,9 +301,11 @@ impl Drop for Frozen {
 }
 
 /// A server that stops answering (hung, or a network path that drops
-/// everything) must not hold batched calls for as long as it is silent.
+/// everything) must not hold calls for as long as it is silent: neither the
+/// batched gets and creates, nor an update already waiting in a statement
+/// on a pooled connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in_time() {
+async fn a_database_that_stops_answering_fails_calls_with_unavailable_in_time() {
     let root = customers::store::embedded::traversable_temp_dir().unwrap();
     let data_dir = root.path().join("pgdata");
     let dir = data_dir.clone();
@@ -318,12 +320,8 @@ async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in
     config.api_key_cache_ms = 600_000;
     let mut server = RunningServer::start(&config).await.unwrap();
     let channel = server.channel().await;
-    let key = {
-        let db = PgPool::connect(pg.url()).await.unwrap();
-        let key = crate::support::issue_key(&db, "acct_default", false).await;
-        db.close().await;
-        key
-    };
+    let db = PgPool::connect(pg.url()).await.unwrap();
+    let key = crate::support::issue_key(&db, "acct_default", false).await;
     let client = crate::support::client_with_key(channel.clone(), &key);
     let created = client
         .clone()
@@ -343,7 +341,21 @@ async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in
         }
     };
     get(created.id.clone()).await.0.unwrap();
+    let update = |etag: String| {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(set_metadata(&created.id, "k", "v", &etag));
+        request.set_timeout(Duration::from_secs(20));
+        async move {
+            let started = Instant::now();
+            (client.update_customer(request).await, started.elapsed())
+        }
+    };
 
+    // An update that has its pooled connection and waits in its locking
+    // statement when the server falls silent.
+    let lock = hold_lock(&db, &created.id).await;
+    let waiting = tokio::spawn(update(created.etag.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let frozen = Frozen::freeze(&data_dir);
     let create = |n: usize| {
         let mut client = client.clone();
@@ -376,8 +388,13 @@ async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in
         assert_eq!(error.code(), Code::Unavailable, "{error:?}");
         assert!(took < Duration::from_secs(5), "a create waited {took:?}");
     }
+    let (outcome, took) = waiting.await.unwrap();
+    let error = outcome.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(took < Duration::from_secs(5), "the update waited {took:?}");
 
     drop(frozen);
+    lock.rollback().await.unwrap();
     let started = Instant::now();
     let found = loop {
         match get(created.id.clone()).await.0 {
@@ -389,7 +406,12 @@ async fn a_database_that_stops_answering_fails_batched_calls_with_unavailable_in
         }
     };
     assert_eq!(found.id, created.id);
+    // The pool recovers too: the update's abandoned connection was closed,
+    // not left waiting to be returned.
+    let (updated, _) = update(created.etag.clone()).await;
+    assert_eq!(updated.unwrap().into_inner().metadata["k"], "v");
 
+    db.close().await;
     server.stop().await.unwrap();
     tokio::task::spawn_blocking(move || pg.stop())
         .await

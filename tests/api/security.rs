@@ -86,7 +86,7 @@ async fn unknown_wrong_and_revoked_keys_get_the_same_answer() {
         .list_customers(ListCustomersRequest::default())
         .await
         .unwrap();
-    customers::store::KeyStore::new(app.db.clone())
+    customers::store::KeyStore::new(app.db.clone(), std::time::Duration::from_secs(5))
         .revoke(id)
         .await
         .unwrap();

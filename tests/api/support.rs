@@ -107,7 +107,7 @@ pub fn client_with_key(channel: Channel, key: &str) -> Client {
 
 /// Creates an API key in the database behind `db`; returns its text.
 pub async fn issue_key(db: &PgPool, account: &str, live_mode: bool) -> String {
-    KeyStore::new(db.clone())
+    KeyStore::new(db.clone(), std::time::Duration::from_secs(5))
         .create(account, live_mode)
         .await
         .unwrap()
