@@ -270,7 +270,7 @@ impl CustomerStore {
                 let mut tx = connection.begin().await?;
                 let etag: Option<String> = sqlx::query_scalar(
                     "SELECT etag FROM customers
-                 WHERE account_id = $1 AND live_mode = $2 AND id = $3 FOR UPDATE",
+                     WHERE account_id = $1 AND live_mode = $2 AND id = $3 FOR UPDATE",
                 )
                 .bind(&scope.account_id)
                 .bind(scope.live_mode)
@@ -313,9 +313,9 @@ impl CustomerStore {
                 }
                 let attach_time: OffsetDateTime = sqlx::query_scalar(
                     "INSERT INTO customer_sources
-                     (account_id, live_mode, customer_id, source_id, attach_time)
-                 VALUES ($1, $2, $3, $4, now())
-                 RETURNING attach_time",
+                         (account_id, live_mode, customer_id, source_id, attach_time)
+                     VALUES ($1, $2, $3, $4, now())
+                     RETURNING attach_time",
                 )
                 .bind(&scope.account_id)
                 .bind(scope.live_mode)
@@ -347,7 +347,7 @@ impl CustomerStore {
                 customer.detach(source)?;
                 sqlx::query(
                     "DELETE FROM customer_sources
-                 WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3 AND source_id = $4",
+                     WHERE account_id = $1 AND live_mode = $2 AND customer_id = $3 AND source_id = $4",
                 )
                 .bind(&scope.account_id)
                 .bind(scope.live_mode)
