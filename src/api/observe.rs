@@ -9,7 +9,8 @@
 //! stream or dropped the connection) is recorded as CANCELLED and logged at
 //! debug level: whatever status tonic then makes up for the torn request
 //! (UNKNOWN for a lost connection) is never seen by anyone, and it is not
-//! the service's failure.
+//! the service's failure. Such a call did nothing: tonic runs a unary
+//! handler only after the request body has ended without error.
 
 use std::future::Future;
 use std::pin::Pin;
