@@ -111,7 +111,7 @@ impl CustomerApi {
             .created_before
             .as_ref()
             .and_then(|t| parse_timestamp("created_before", t, &mut violations))
-            .map(ceil_to_micros);
+            .and_then(ceil_to_micros);
         if let (Some(after), Some(before)) = (created_after, created_before)
             && after > before
         {
@@ -171,12 +171,14 @@ impl CustomerApi {
 /// the exclusive bound `create_time < before` keeps a customer created
 /// within the microsecond below a bound that has nanoseconds. (Rounding the
 /// lower bound down needs nothing: the database does that.)
-fn ceil_to_micros(time: time::OffsetDateTime) -> time::OffsetDateTime {
-    let below = time.nanosecond() % 1000;
-    if below == 0 {
-        time
-    } else {
-        time + time::Duration::nanoseconds(i64::from(1000 - below))
+///
+/// A bound within the last microsecond of year 9999 has no microsecond
+/// above it that a timestamp here can hold. Every stored customer was
+/// created before it, so it becomes no bound at all (None).
+fn ceil_to_micros(time: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+    match time.nanosecond() % 1000 {
+        0 => Some(time),
+        below => time.checked_add(time::Duration::nanoseconds(i64::from(1000 - below))),
     }
 }
 

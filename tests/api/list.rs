@@ -277,6 +277,32 @@ async fn an_upper_bound_with_nanoseconds_keeps_the_customer_created_just_below_i
 }
 
 #[tokio::test]
+async fn the_latest_upper_bounds_there_are_keep_every_customer() {
+    let app = TestApp::spawn().await;
+    let created = app.create(pb::Customer::default()).await;
+    // 9999-12-31T23:59:59Z, the last second a timestamp may name. Bounds
+    // with nanoseconds round up to the next microsecond, which for the
+    // last two does not exist.
+    let last_second = 253_402_300_799;
+
+    let mut found = Vec::new();
+    for nanos in [0, 999_999_000, 999_999_001, 999_999_999] {
+        let request = ListCustomersRequest {
+            created_before: Some(Timestamp {
+                seconds: last_second,
+                nanos,
+            }),
+            ..Default::default()
+        };
+        let page = list(&app, request).await;
+        found.push(page.map(|p| p.customers.into_iter().map(|c| c.id).collect::<Vec<_>>()));
+    }
+
+    let found: Vec<_> = found.into_iter().map(|r| r.map_err(|e| e.code())).collect();
+    assert_eq!(found, vec![Ok(vec![created.id.clone()]); 4]);
+}
+
+#[tokio::test]
 async fn customers_created_while_paging_cause_no_gaps_or_repeats() {
     let app = TestApp::spawn().await;
     let original: HashSet<String> = create_many(&app, 30, |_| pb::Customer::default())
