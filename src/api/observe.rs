@@ -5,25 +5,33 @@
 //! response's `x-request-id`), the customer id once a handler knows it, the
 //! status code and the duration. Nothing from the request body.
 //!
-//! A call whose caller broke off before its request had arrived (reset the
-//! stream or dropped the connection) is recorded as CANCELLED and logged at
-//! debug level: whatever status tonic then makes up for the torn request
-//! (UNKNOWN for a lost connection) is never seen by anyone, and it is not
-//! the service's failure. Such a call did nothing: tonic runs a unary
-//! handler only after the request body has ended without error.
+//! Calls that end without a status of their own are recorded too:
+//! - A call whose caller broke off before its request had arrived (reset
+//!   the stream or dropped the connection) is CANCELLED, logged at debug:
+//!   whatever status tonic then makes up for the torn request (UNKNOWN for
+//!   a lost connection) is seen by no one, and it is not the service's
+//!   failure. Such a call did nothing: tonic runs a unary handler only
+//!   after the request body has ended without error.
+//! - A call dropped while its handler runs is CANCELLED when its caller
+//!   went away, DEADLINE_EXCEEDED when its `grpc-timeout` had passed
+//!   (tonic then answers CANCELLED), both at debug.
+//! - A handler that panics answers INTERNAL (rather than a reset stream)
+//!   and is logged at error.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::Code;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::error;
 use crate::metrics::Metrics;
 
 /// Header that carries the request id both ways.
@@ -67,6 +75,7 @@ where
     S: Service<http::Request<Watched<B>>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Unpin + Send + 'static,
+    R: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -94,22 +103,35 @@ where
             code = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
-        let started = Instant::now();
+        let mut call = Call {
+            service,
+            method,
+            span: span.clone(),
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            deadline: request.headers().get(GRPC_TIMEOUT).and_then(grpc_timeout),
+            broke_off: Arc::new(AtomicBool::new(false)),
+            finished: false,
+        };
+        let request = request.map(|body| Watched {
+            body,
+            broke_off: call.broke_off.clone(),
+        });
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let metrics = self.metrics.clone();
-        let broke_off = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| Watched {
-            body,
-            broke_off: broke_off.clone(),
-        });
 
         Box::pin(async move {
-            let mut result = inner.call(request).instrument(span.clone()).await;
-            let elapsed = started.elapsed();
+            let served = std::pin::pin!(inner.call(request));
+            let mut result = match CatchPanic(served).instrument(span).await {
+                Ok(result) => result,
+                Err(()) => {
+                    call.span.in_scope(|| tracing::error!("handler panicked"));
+                    Ok(error::status(Code::Internal, "internal error", "INTERNAL").into_http())
+                }
+            };
             let code = match &mut result {
-                _ if broke_off.load(Ordering::Relaxed) => Code::Cancelled,
+                _ if call.broke_off.load(Ordering::Relaxed) => Code::Cancelled,
                 Ok(response) => {
                     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                         response.headers_mut().insert(REQUEST_ID, value);
@@ -118,17 +140,107 @@ where
                 }
                 Err(_) => Code::Unknown,
             };
-            metrics.observe_call(&service, &method, code, elapsed);
-            span.record("code", tracing::field::debug(code));
-            span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
-            span.in_scope(|| match code {
-                Code::Internal | Code::Unknown | Code::DataLoss => tracing::error!("call failed"),
-                Code::Unavailable | Code::ResourceExhausted => tracing::warn!("call refused"),
-                Code::Cancelled => tracing::debug!("caller broke off the call"),
-                _ => tracing::debug!("call finished"),
-            });
+            call.finish(code);
             result
         })
+    }
+}
+
+/// One call being observed. Records its outcome once: when it finishes, or
+/// when its future is dropped unfinished, which happens when the caller
+/// resets the stream or closes the connection while the handler runs, and
+/// when tonic ends the call at its `grpc-timeout`.
+struct Call {
+    service: String,
+    method: String,
+    span: tracing::Span,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    /// The caller's deadline, from `grpc-timeout`.
+    deadline: Option<Duration>,
+    /// Set by [`Watched`] when reading the request failed.
+    broke_off: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: Code) {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .observe_call(&self.service, &self.method, code, elapsed);
+        self.span.record("code", tracing::field::debug(code));
+        self.span
+            .record("duration_ms", elapsed.as_secs_f64() * 1000.0);
+        self.span.in_scope(|| match code {
+            Code::Internal | Code::Unknown | Code::DataLoss => tracing::error!("call failed"),
+            Code::Unavailable | Code::ResourceExhausted => tracing::warn!("call refused"),
+            Code::Cancelled => tracing::debug!("caller broke off the call"),
+            Code::DeadlineExceeded => tracing::debug!("call ran out of time"),
+            _ => tracing::debug!("call finished"),
+        });
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // tonic's timer starts a moment before this call's clock, and
+        // fires no earlier than the deadline.
+        let timed_out = self
+            .deadline
+            .is_some_and(|deadline| self.started.elapsed() + DEADLINE_SLACK >= deadline);
+        self.finish(if timed_out {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
+        });
+    }
+}
+
+/// How far short of its deadline a dropped call still counts as timed out.
+const DEADLINE_SLACK: Duration = Duration::from_millis(1);
+
+/// Header that carries the caller's deadline.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (hours, minutes,
+/// seconds, milli-, micro-, nanoseconds). None when malformed.
+fn grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Its future, with a panic while polling it turned into `Err(())`, so that
+/// the caller gets INTERNAL rather than a reset stream, and the call is
+/// logged and counted. The handler's state is dropped with the panic.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }
 
@@ -189,4 +301,80 @@ fn status_code<R>(response: &http::Response<R>) -> Code {
 /// Records the customer a call is about on the call's span.
 pub fn record_customer(id: &str) {
     tracing::Span::current().record("customer_id", id);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    fn metrics() -> Arc<Metrics> {
+        // Never connects: nothing here reads the pool.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://127.0.0.1:1/none")
+            .unwrap();
+        Metrics::new(pool, 1, false)
+    }
+
+    fn call(path: &str) -> http::Request<tonic::body::Body> {
+        http::Request::post(path)
+            .body(tonic::body::Body::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_internal_and_is_counted() {
+        let metrics = metrics();
+        let panics = tower::service_fn(|_: http::Request<Watched<tonic::body::Body>>| async {
+            if std::hint::black_box(true) {
+                panic!("a bug in a handler");
+            }
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::default()))
+        });
+        let mut service = ObserveLayer::new(metrics.clone()).layer(panics);
+
+        let response = service
+            .call(call("/customers.v1.CustomerService/GetCustomer"))
+            .await
+            .unwrap();
+
+        assert_eq!(response.headers()["grpc-status"], "13");
+        assert!(response.headers().contains_key("grpc-status-details-bin"));
+        assert!(response.headers().contains_key(REQUEST_ID));
+        assert!(
+            metrics.render().contains(
+                "customers_grpc_calls_total{grpc_service=\"customers.v1.CustomerService\",\
+                 grpc_method=\"GetCustomer\",grpc_code=\"Internal\"} 1"
+            ),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_nothing_else_does() {
+        let parse =
+            |text: &str| grpc_timeout(&http::HeaderValue::from_bytes(text.as_bytes()).unwrap());
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(parse("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        for bad in [
+            "",
+            "m",
+            "100",
+            "100x",
+            "-1S",
+            "+1S",
+            "123456789m",
+            "1.5S",
+            "1 S",
+            "éS",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use customers::api::pb::{self, CreateCustomerRequest, GetCustomerRequest, UpdateCustomerRequest};
 use customers::startup::Application;
 use prost_types::FieldMask;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -16,31 +15,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::support::{
-    RunningServer, TestApp, assert_error, embedded_config, quickstart_client, violations,
+    RunningServer, TestApp, assert_error, embedded_config, quickstart_client, sample, violations,
 };
-
-/// The body of `GET /metrics`.
-async fn scrape(app: &TestApp) -> String {
-    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the sample whose line starts with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[tokio::test]
 async fn metrics_count_calls_by_method_and_code_and_show_the_pool() {
@@ -70,7 +46,7 @@ async fn metrics_count_calls_by_method_and_code_and_show_the_pool() {
         .await
         .unwrap_err();
 
-    let metrics = scrape(&app).await;
+    let metrics = app.scrape_metrics().await;
 
     let calls = |method: &str, code: &str| {
         let series = format!(
@@ -505,27 +481,9 @@ async fn calls_the_caller_breaks_off_count_as_cancelled_not_as_failures() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     pipe.abort();
 
-    let finished_gets = "customers_grpc_call_duration_seconds_count{\
-        grpc_service=\"customers.v1.CustomerService\",grpc_method=\"GetCustomer\"}";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics = loop {
-        let metrics = scrape(&app).await;
-        if sample(&metrics, finished_gets) == Some(2.0) || Instant::now() > deadline {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let get_codes: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("customers_grpc_calls_total") && l.contains("\"GetCustomer\""))
-        .collect();
     assert_eq!(
-        get_codes,
-        vec![
-            "customers_grpc_calls_total{grpc_service=\"customers.v1.CustomerService\",\
-             grpc_method=\"GetCustomer\",grpc_code=\"Cancelled\"} 2"
-        ],
-        "{metrics}"
+        app.calls_by_code("GetCustomer", 2).await,
+        vec![r#""Cancelled"} 2"#]
     );
     // The connection whose stream was reset still serves.
     let health = HealthClient::new(channel)

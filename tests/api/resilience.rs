@@ -419,6 +419,39 @@ async fn a_database_that_stops_answering_fails_calls_with_unavailable_in_time() 
         .unwrap();
 }
 
+/// Counted and logged once each, although tonic drops them unfinished.
+#[tokio::test]
+async fn calls_ended_while_their_handler_waits_count_as_cancelled_or_deadline_exceeded() {
+    let app = TestApp::spawn().await;
+    let created = app.create(pb::Customer::default()).await;
+    let lock = hold_lock(&app.db, &created.id).await;
+
+    let mut client = app.client.clone();
+    let request = set_metadata(&created.id, "k", "v", "");
+    let abandoned = tokio::spawn(async move { client.update_customer(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    abandoned.abort();
+    let mut late = tonic::Request::new(set_metadata(&created.id, "k", "v", ""));
+    late.set_timeout(Duration::from_millis(300));
+    let late = app.client.clone().update_customer(late).await.unwrap_err();
+    let codes = app.calls_by_code("UpdateCustomer", 2).await;
+    lock.rollback().await.unwrap();
+    let after = app
+        .client
+        .clone()
+        .get_customer(GetCustomerRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // tonic ends a call at its deadline with CANCELLED.
+    assert_eq!(late.code(), Code::Cancelled, "{late:?}");
+    assert_eq!(codes, vec![r#""Cancelled"} 1"#, r#""DeadlineExceeded"} 1"#]);
+    assert_eq!(after, created, "neither update was written");
+}
+
 #[tokio::test]
 async fn a_call_past_its_deadline_leaves_nothing_behind() {
     let app = TestApp::spawn().await;

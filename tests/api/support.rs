@@ -420,3 +420,61 @@ pub fn with_personal_values(mut customer: pb::Customer, values: &[&str; 13]) -> 
     });
     customer
 }
+
+impl TestApp {
+    /// The body of the server's `GET /metrics`.
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// The `customers_grpc_calls_total` samples of `method` from the code
+    /// on (`"Ok"} 2`), sorted, once `count` calls of it have been observed
+    /// (or after 5 s, to fail the test).
+    pub async fn calls_by_code(&self, method: &str, count: u32) -> Vec<String> {
+        let finished = format!(
+            "customers_grpc_call_duration_seconds_count{{\
+             grpc_service=\"customers.v1.CustomerService\",grpc_method=\"{method}\"}}"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let metrics = loop {
+            let metrics = self.scrape_metrics().await;
+            if sample(&metrics, &finished) == Some(f64::from(count))
+                || std::time::Instant::now() > deadline
+            {
+                break metrics;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let method = format!("grpc_method=\"{method}\"");
+        let mut codes: Vec<String> = metrics
+            .lines()
+            .filter(|l| l.starts_with("customers_grpc_calls_total") && l.contains(&method))
+            .map(|l| {
+                l.split_once("grpc_code=")
+                    .map_or(l, |(_, code)| code)
+                    .to_owned()
+            })
+            .collect();
+        codes.sort();
+        codes
+    }
+}
+
+/// The value of the sample whose line starts with `series`.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
