@@ -103,7 +103,8 @@ pub struct Config {
     pub worker_threads: usize,
 
     /// Most customer-service calls served at once, counted from when a
-    /// call's request has arrived whole; beyond it calls are refused at once
+    /// call's request has arrived whole and its API key was accepted;
+    /// beyond it calls are refused at once
     /// with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
     /// Health and reflection calls are not counted.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64, value_parser = at_least_one)]

@@ -4,15 +4,21 @@
 //! Keys are looked up by their public id and kept for a short while, so that
 //! a busy caller does not cost a query per call; a revoked key therefore
 //! stops working within `API_KEY_CACHE_MS`.
+//!
+//! Keys that are not cached, which is every key a stranger makes up, are
+//! looked up at most [`MAX_KEY_LOOKUPS`] at a time: a flood of made-up keys
+//! then occupies that many database connections, not the pool. A lookup
+//! that cannot start within [`LOOKUP_WAIT`] is refused as OVERLOADED.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::error::status;
+use super::error::{overloaded, status};
 use crate::domain::{AccountScope, PresentedKey};
 use crate::store::{ApiKeyRecord, KeyStore};
 
@@ -20,6 +26,10 @@ use crate::store::{ApiKeyRecord, KeyStore};
 const MAX_AUTHORIZATION_LEN: usize = 200;
 /// Most cached keys; the cache is emptied when it grows past this.
 const MAX_CACHED_KEYS: usize = 10_000;
+/// Most key lookups in the database at once.
+const MAX_KEY_LOOKUPS: usize = 4;
+/// Longest wait for a turn to look a key up.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 /// Turns request metadata into the owner a call acts for.
 #[derive(Debug)]
@@ -33,6 +43,7 @@ enum Mode {
         store: KeyStore,
         ttl: Duration,
         cache: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+        lookups: Semaphore,
     },
     /// Every call acts for the default test-mode account.
     Disabled,
@@ -46,6 +57,7 @@ impl Authenticator {
                 store,
                 ttl,
                 cache: Mutex::new(HashMap::new()),
+                lookups: Semaphore::new(MAX_KEY_LOOKUPS),
             },
         }
     }
@@ -61,7 +73,13 @@ impl Authenticator {
     /// unknown, revoked, or whose secret is wrong gets one and the same
     /// answer.
     pub async fn scope(&self, metadata: &MetadataMap) -> Result<AccountScope, Status> {
-        let Mode::Keys { store, ttl, cache } = &self.mode else {
+        let Mode::Keys {
+            store,
+            ttl,
+            cache,
+            lookups,
+        } = &self.mode
+        else {
             return Ok(AccountScope::default_account());
         };
         let key = presented_key(metadata).ok_or_else(|| {
@@ -74,6 +92,10 @@ impl Authenticator {
         let record = match cached(cache, &key.id, *ttl) {
             Some(record) => Some(record),
             None => {
+                let _turn = tokio::time::timeout(LOOKUP_WAIT, lookups.acquire())
+                    .await
+                    .map_err(|_| overloaded())?
+                    .expect("the semaphore is never closed");
                 let found = store.find(&key.id).await?;
                 if let Some(record) = &found
                     && !ttl.is_zero()

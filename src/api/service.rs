@@ -59,21 +59,23 @@ impl CustomerApi {
         }
     }
 
-    /// Admits a call: a place among the calls served at once, held until
-    /// the permit drops, or OVERLOADED at once when there is none; then the
-    /// owner the call acts for. Handlers run only once their request has
-    /// arrived whole, so a client that opens calls and never finishes
-    /// sending them holds no place and cannot lock others out.
+    /// Admits a call: the owner the call acts for, then a place among the
+    /// calls served at once, held until the permit drops, or OVERLOADED at
+    /// once when there is none. Only authenticated calls take places, so
+    /// callers without a valid key cannot crowd out those with one (their
+    /// key lookups have a limit of their own; see `auth`). Handlers run
+    /// only once their request has arrived whole, so a client that opens
+    /// calls and never finishes sending them holds no place either.
     async fn admit<T>(
         &self,
         request: &Request<T>,
     ) -> Result<(AccountScope, OwnedSemaphorePermit), Status> {
+        let scope = self.auth.scope(request.metadata()).await?;
         let place = self
             .calls
             .clone()
             .try_acquire_owned()
             .map_err(|_| overloaded())?;
-        let scope = self.auth.scope(request.metadata()).await?;
         Ok((scope, place))
     }
 

@@ -107,6 +107,62 @@ async fn unknown_wrong_and_revoked_keys_get_the_same_answer() {
     );
 }
 
+/// Callers with made-up keys take no place among the calls served at once,
+/// and their lookups occupy at most four database connections at a time.
+#[tokio::test]
+async fn made_up_keys_neither_take_places_nor_crowd_the_database() {
+    let app = TestApp::spawn_with(|config| config.max_concurrent_calls = 2).await;
+    // Also puts the test client's key in the cache.
+    let stored = app.create(pb::Customer::default()).await;
+    // Every lookup of a key that is not cached now waits on this lock.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let mut strangers = Vec::new();
+    for _ in 0..8 {
+        let (key, _) = customers::domain::PresentedKey::generate(false);
+        let mut client = client_with_key(app.channel().await, &key);
+        strangers.push(tokio::spawn(async move {
+            client
+                .get_customer(get("cus_x"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lookups_in_database: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM api_keys WHERE id%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let got = app.client.clone().get_customer(get(&stored.id)).await;
+        answered.push(got.map(|r| r.into_inner().id).map_err(|e| e.code()));
+    }
+    // Past the one second that a lookup may wait for its turn.
+    tokio::time::sleep(std::time::Duration::from_millis(1300).saturating_sub(started.elapsed()))
+        .await;
+    lock.rollback().await.unwrap();
+    let mut refused = Vec::new();
+    for stranger in strangers {
+        refused.push(stranger.await.unwrap().unwrap_err());
+    }
+    refused.sort_by_key(|code| *code as i32);
+
+    assert_eq!(lookups_in_database, 4);
+    assert_eq!(answered, vec![Ok(stored.id.clone()); 4]);
+    let expected = [[Code::ResourceExhausted; 4], [Code::Unauthenticated; 4]].concat();
+    assert_eq!(refused, expected, "four looked up, four found no turn");
+}
+
 #[tokio::test]
 async fn health_and_reflection_need_no_key() {
     let app = TestApp::spawn().await;
