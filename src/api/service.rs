@@ -109,13 +109,13 @@ impl CustomerApi {
             .created_after
             .as_ref()
             .and_then(|t| parse_timestamp("created_after", t, &mut violations));
-        let created_before = request
+        let requested_before = request
             .created_before
             .as_ref()
-            .and_then(|t| parse_timestamp("created_before", t, &mut violations))
-            .and_then(ceil_to_micros);
-        if let (Some(after), Some(before)) = (created_after, created_before)
-            && after > before
+            .and_then(|t| parse_timestamp("created_before", t, &mut violations));
+        let created_before = requested_before.and_then(ceil_to_micros);
+        if let (Some(after), Some(before)) = (created_after, requested_before)
+            && after > created_before.unwrap_or(before)
         {
             violations.add(
                 "created_after",

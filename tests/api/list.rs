@@ -300,6 +300,25 @@ async fn the_latest_upper_bounds_there_are_keep_every_customer() {
 
     let found: Vec<_> = found.into_iter().map(|r| r.map_err(|e| e.code())).collect();
     assert_eq!(found, vec![Ok(vec![created.id.clone()]); 4]);
+
+    // Bounds in the wrong order stay an error there too.
+    let reversed = ListCustomersRequest {
+        created_after: Some(Timestamp {
+            seconds: last_second,
+            nanos: 999_999_999,
+        }),
+        created_before: Some(Timestamp {
+            seconds: last_second,
+            nanos: 999_999_001,
+        }),
+        ..Default::default()
+    };
+    let error = list(&app, reversed).await.unwrap_err();
+    assert_error(&error, Code::InvalidArgument, "INVALID_PARAMETER");
+    assert_eq!(
+        violations(&error),
+        [("created_after".to_owned(), "OUT_OF_RANGE".to_owned())]
+    );
 }
 
 #[tokio::test]
