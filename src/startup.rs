@@ -183,7 +183,7 @@ impl Application {
             // contract statuses for what tonic refuses. The limit of calls
             // at once is the handlers' (`CustomerApi::admit`), so that it
             // counts only requests that have arrived whole.
-            .layer(ObserveLayer::new(metrics))
+            .layer(ObserveLayer::new(metrics, served_paths()?))
             .layer(MapResultLayer::new(contract_errors))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
@@ -382,17 +382,45 @@ fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
     Ok(Some(tls))
 }
 
+/// The encoded descriptors of every service this server runs: customers,
+/// health and both reflection versions.
+const SERVED: [&[u8]; 4] = [
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// The path (`/package.Service/Method`) of every method in [`SERVED`].
+fn served_paths() -> anyhow::Result<Vec<String>> {
+    let mut paths = Vec::new();
+    for encoded in SERVED {
+        let set = <prost_types::FileDescriptorSet as prost::Message>::decode(encoded)?;
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(match file.package() {
+                        "" => format!("/{}/{}", service.name(), method.name()),
+                        package => format!("/{package}.{}/{}", service.name(), method.name()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(paths)
+}
+
 /// Server reflection over everything this server speaks: both reflection
 /// versions list every service (health included), and the google.rpc error
 /// details are resolvable so that grpcurl can print them.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .include_reflection_service(false)
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    SERVED
+        .into_iter()
+        .chain([tonic_types::pb::FILE_DESCRIPTOR_SET])
+        .fold(
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
+            |builder, encoded| builder.register_encoded_file_descriptor_set(encoded),
+        )
 }
 
 /// The database for a one-shot command: DATABASE_URL, else the embedded

@@ -18,6 +18,7 @@
 //! - A handler that panics answers INTERNAL (rather than a reset stream)
 //!   and is logged at error.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -39,16 +40,26 @@ const REQUEST_ID: &str = "x-request-id";
 /// Longest caller-chosen request id kept; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The metric labels of calls to paths the server does not serve. Callers
+/// choose paths freely, so labelling each would let anyone, without a key,
+/// grow the metrics (and the server's memory) without limit.
+const UNKNOWN: &str = "unknown";
+
 /// Wraps every call of the server in [`Observe`].
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
+    served: Arc<HashSet<String>>,
 }
 
 impl ObserveLayer {
-    /// Observes calls into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Observes calls into `metrics`, labelled by service and method when
+    /// their path (`/package.Service/Method`) is one of `served`.
+    pub fn new(metrics: Arc<Metrics>, served: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            metrics,
+            served: Arc::new(served.into_iter().collect()),
+        }
     }
 }
 
@@ -59,6 +70,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            served: self.served.clone(),
         }
     }
 }
@@ -68,6 +80,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    served: Arc<HashSet<String>>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for Observe<S>
@@ -86,7 +99,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        let path = request.uri().path();
+        let (service, method) = split_path(path);
+        let labels = if self.served.contains(path) {
+            (service, method.clone())
+        } else {
+            (UNKNOWN.to_owned(), UNKNOWN.to_owned())
+        };
         let request_id = request
             .headers()
             .get(REQUEST_ID)
@@ -104,8 +123,7 @@ where
             duration_ms = tracing::field::Empty,
         );
         let mut call = Call {
-            service,
-            method,
+            labels,
             span: span.clone(),
             metrics: self.metrics.clone(),
             started: Instant::now(),
@@ -151,8 +169,8 @@ where
 /// resets the stream or closes the connection while the handler runs, and
 /// when tonic ends the call at its `grpc-timeout`.
 struct Call {
-    service: String,
-    method: String,
+    /// Service and method, or [`UNKNOWN`] for both.
+    labels: (String, String),
     span: tracing::Span,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -168,7 +186,7 @@ impl Call {
         self.finished = true;
         let elapsed = self.started.elapsed();
         self.metrics
-            .observe_call(&self.service, &self.method, code, elapsed);
+            .observe_call(&self.labels.0, &self.labels.1, code, elapsed);
         self.span.record("code", tracing::field::debug(code));
         self.span
             .record("duration_ms", elapsed.as_secs_f64() * 1000.0);
@@ -332,7 +350,8 @@ mod tests {
             }
             Ok::<_, Infallible>(http::Response::new(tonic::body::Body::default()))
         });
-        let mut service = ObserveLayer::new(metrics.clone()).layer(panics);
+        let served = ["/customers.v1.CustomerService/GetCustomer".to_owned()];
+        let mut service = ObserveLayer::new(metrics.clone(), served).layer(panics);
 
         let response = service
             .call(call("/customers.v1.CustomerService/GetCustomer"))
@@ -376,5 +395,39 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn paths_not_served_share_one_label() {
+        let metrics = metrics();
+        let answers = tower::service_fn(|_: http::Request<Watched<tonic::body::Body>>| async {
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::default()))
+        });
+        let served = ["/customers.v1.CustomerService/GetCustomer".to_owned()];
+        let mut service = ObserveLayer::new(metrics.clone(), served).layer(answers);
+
+        for path in [
+            "/customers.v1.CustomerService/GetCustomer",
+            "/customers.v1.CustomerService/Made",
+            "/made.Up/Method",
+            "/x",
+        ] {
+            service.call(call(path)).await.unwrap();
+        }
+
+        let rendered = metrics.render();
+        let calls: Vec<&str> = rendered
+            .lines()
+            .filter(|l| l.starts_with("customers_grpc_calls_total"))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "customers_grpc_calls_total{grpc_service=\"customers.v1.CustomerService\",\
+                 grpc_method=\"GetCustomer\",grpc_code=\"Ok\"} 1",
+                "customers_grpc_calls_total{grpc_service=\"unknown\",grpc_method=\"unknown\",\
+                 grpc_code=\"Ok\"} 3",
+            ]
+        );
     }
 }

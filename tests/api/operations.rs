@@ -45,18 +45,39 @@ async fn metrics_count_calls_by_method_and_code_and_show_the_pool() {
         })
         .await
         .unwrap_err();
+    HealthClient::new(app.channel().await)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    // Paths nobody serves, each its own, share one pair of labels.
+    for path in ["/made.Up/Thing", "/customers.v1.CustomerService/Nope"] {
+        let mut grpc = tonic::client::Grpc::new(app.channel().await);
+        grpc.ready().await.unwrap();
+        let error = grpc
+            .unary(
+                tonic::Request::new(GetCustomerRequest::default()),
+                PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::<GetCustomerRequest, pb::Customer>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::Unimplemented);
+    }
 
     let metrics = app.scrape_metrics().await;
 
-    let calls = |method: &str, code: &str| {
+    let calls_of = |service: &str, method: &str, code: &str| {
         let series = format!(
-            "customers_grpc_calls_total{{grpc_service=\"customers.v1.CustomerService\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+            "customers_grpc_calls_total{{grpc_service=\"{service}\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
         );
         sample(&metrics, &series)
     };
+    let calls = |method: &str, code: &str| calls_of("customers.v1.CustomerService", method, code);
     assert_eq!(calls("CreateCustomer", "Ok"), Some(2.0), "{metrics}");
     assert_eq!(calls("GetCustomer", "Ok"), Some(1.0));
     assert_eq!(calls("GetCustomer", "NotFound"), Some(1.0));
+    assert_eq!(calls_of("grpc.health.v1.Health", "Check", "Ok"), Some(1.0));
+    assert_eq!(calls_of("unknown", "unknown", "Unimplemented"), Some(2.0));
     let latency_count = "customers_grpc_call_duration_seconds_count{grpc_service=\"customers.v1.CustomerService\",grpc_method=\"GetCustomer\"}";
     assert_eq!(sample(&metrics, latency_count), Some(2.0));
     assert!(sample(&metrics, "customers_db_pool_connections").unwrap() >= 1.0);
