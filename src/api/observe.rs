@@ -416,10 +416,11 @@ mod tests {
         }
 
         let rendered = metrics.render();
-        let calls: Vec<&str> = rendered
+        let mut calls: Vec<&str> = rendered
             .lines()
             .filter(|l| l.starts_with("customers_grpc_calls_total"))
             .collect();
+        calls.sort();
         assert_eq!(
             calls,
             [
