@@ -13,9 +13,8 @@ mod reads;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool, Postgres};
+use sqlx::{ConnectOptions, PgPool};
 
 pub use api_keys::{ApiKeyRecord, KeyStore};
 pub use customers::CustomerStore;
@@ -112,50 +111,22 @@ impl BoundedPool {
 
     /// Runs `work` on a connection from the pool, and fails it with
     /// UNAVAILABLE once it has waited longer than the answer limit for a
-    /// server that went silent.
-    ///
-    /// The connection goes back to the pool only when `work` finished with
-    /// an answer. After no answer in time, or when the call is dropped
-    /// mid-statement (its caller went away, or its deadline passed), the
-    /// connection's state is unknown and taking it back would wait for the
-    /// statement, so it is closed instead: the pool may open another at
-    /// once, and the server rolls back what was left open (see
-    /// [`CONNECTION_CHECK`] for the statement itself).
+    /// server that went silent. That connection is then closed, not
+    /// returned: its state is unknown, and the pool's check on return would
+    /// wait on the silent server too. A transaction left open is rolled
+    /// back by the server when the connection ends.
     async fn run<T>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut checkout = Checkout {
-            connection: self.pool.acquire().await?,
-            answered: false,
-        };
-        let outcome = within(self.answer_limit, work(&mut checkout.connection)).await;
-        checkout.answered = !matches!(outcome, Err(StoreError::Unavailable(_)));
+        let mut connection = self.pool.acquire().await?;
+        let outcome = within(self.answer_limit, work(&mut connection)).await;
+        if let Err(StoreError::Unavailable(_)) = outcome {
+            connection.close_on_drop();
+        }
         outcome
     }
 }
-
-/// A pooled connection, closed rather than returned unless it `answered`.
-struct Checkout {
-    connection: PoolConnection<Postgres>,
-    answered: bool,
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.connection.close_on_drop();
-        }
-    }
-}
-
-/// Asks PostgreSQL (14 and later) to check every second, while it runs a
-/// statement, whether the client is still there, and to end the statement
-/// if not. Without it a statement the service abandoned (by closing its
-/// connection) would go on until it finished or hit the statement timeout,
-/// holding a server connection and whatever it locked. Older servers do
-/// not know the setting and refuse it, which costs them only that cleanup.
-const CONNECTION_CHECK: &str = "SET client_connection_check_interval = 1000";
 
 /// How to reach PostgreSQL and how hard to lean on it.
 #[derive(Debug, Clone)]
@@ -183,14 +154,6 @@ pub fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error
         // died with it. The batched creates and gets do not pay it: they
         // run on connections of their own (see `lane`).
         .test_before_acquire(true)
-        .after_connect(|connection, _| {
-            Box::pin(async move {
-                if let Err(error) = connection.execute(CONNECTION_CHECK).await {
-                    tracing::debug!(%error, "no client connection checks on this server");
-                }
-                Ok(())
-            })
-        })
         .connect_lazy_with(options))
 }
 

@@ -452,58 +452,6 @@ async fn calls_ended_while_their_handler_waits_count_as_cancelled_or_deadline_ex
     assert_eq!(after, created, "neither update was written");
 }
 
-/// A call dropped while its statement waits gives its connection back at
-/// once, and its statement does not go on waiting in the database.
-#[tokio::test]
-async fn a_dropped_call_frees_its_connection_and_ends_its_statement() {
-    let app = TestApp::spawn_with(|config| config.db_max_connections = 1).await;
-    let created = app.create(pb::Customer::default()).await;
-    let lock = hold_lock(&app.db, &created.id).await;
-    let waiting_updates = async || -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT 1 FROM customers%'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-    };
-
-    let mut client = app.client.clone();
-    let request = set_metadata(&created.id, "k", "v", "");
-    let abandoned = tokio::spawn(async move { client.update_customer(request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting_before = waiting_updates().await;
-    abandoned.abort();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The pool's only connection is free for the next call.
-    let started = Instant::now();
-    let listed = app
-        .client
-        .clone()
-        .list_customers(pb::ListCustomersRequest::default())
-        .await
-        .map(|r| r.into_inner().customers.len())
-        .map_err(|e| e.code());
-    let list_took = started.elapsed();
-    // The server notices within about a second that nobody waits for it.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut waiting_after = waiting_updates().await;
-    while waiting_after > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waiting_after = waiting_updates().await;
-    }
-    lock.rollback().await.unwrap();
-
-    assert_eq!(waiting_before, 1);
-    assert_eq!(listed, Ok(1));
-    assert!(
-        list_took < Duration::from_secs(1),
-        "the list waited {list_took:?}"
-    );
-    assert_eq!(waiting_after, 0, "the abandoned statement still waits");
-}
-
 #[tokio::test]
 async fn a_call_past_its_deadline_leaves_nothing_behind() {
     let app = TestApp::spawn().await;
