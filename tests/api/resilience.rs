@@ -452,6 +452,58 @@ async fn calls_ended_while_their_handler_waits_count_as_cancelled_or_deadline_ex
     assert_eq!(after, created, "neither update was written");
 }
 
+/// Calls dropped mid-statement, however many, hold no more connections on
+/// the database server than the pool has: a dropped call's connection
+/// waits in the pool for its abandoned statement rather than being closed
+/// and replaced at once (the server would keep the old session until it
+/// noticed, and a storm of dropped calls could take every connection it
+/// allows).
+#[tokio::test]
+async fn dropped_calls_never_hold_more_connections_than_the_pool_has() {
+    let app = TestApp::spawn_with(|config| config.db_max_connections = 2).await;
+    let created = app.create(pb::Customer::default()).await;
+    let lock = hold_lock(&app.db, &created.id).await;
+    let waiting_updates = async || -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'SELECT 1 FROM customers%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+
+    let mut codes = Vec::new();
+    let mut most_waiting = 0;
+    for _ in 0..5 {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = app.client.clone();
+                let mut request = tonic::Request::new(set_metadata(&created.id, "k", "v", ""));
+                request.set_timeout(Duration::from_millis(100));
+                tokio::spawn(async move { client.update_customer(request).await })
+            })
+            .collect();
+        for call in calls {
+            codes.push(call.await.unwrap().unwrap_err().code());
+        }
+        most_waiting = most_waiting.max(waiting_updates().await);
+    }
+    lock.rollback().await.unwrap();
+    let updated = app
+        .client
+        .clone()
+        .update_customer(set_metadata(&created.id, "k", "v", ""))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(codes, vec![Code::Cancelled; 40]);
+    assert_eq!(most_waiting, 2, "abandoned statements beyond the pool's 2");
+    assert_eq!(updated.metadata["k"], "v");
+}
+
 #[tokio::test]
 async fn a_call_past_its_deadline_leaves_nothing_behind() {
     let app = TestApp::spawn().await;

@@ -137,7 +137,8 @@ async fn made_up_keys_neither_take_places_nor_crowd_the_database() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let lookups_in_database: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM api_keys WHERE id%'",
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%FROM api_keys WHERE id%'",
     )
     .fetch_one(&app.db)
     .await
