@@ -115,6 +115,12 @@ impl BoundedPool {
     /// returned: its state is unknown, and the pool's check on return would
     /// wait on the silent server too. A transaction left open is rolled
     /// back by the server when the connection ends.
+    ///
+    /// A call dropped mid-statement (its caller went away, or its deadline
+    /// passed) does return its connection, and the pool's check waits for
+    /// the abandoned statement. Closing it would free the pool's slot while
+    /// the server kept the session until it noticed, so a storm of dropped
+    /// calls could take every connection the server allows.
     async fn run<T>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
