@@ -104,8 +104,8 @@ pub struct Config {
 
     /// Most customer-service calls served at once, counted from when a
     /// call's request has arrived whole and its API key was accepted;
-    /// beyond it calls are refused at once
-    /// with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
+    /// beyond it calls are refused at once with RESOURCE_EXHAUSTED (reason
+    /// OVERLOADED) instead of queueing.
     /// Health and reflection calls are not counted.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 64, value_parser = at_least_one)]
     pub max_concurrent_calls: usize,

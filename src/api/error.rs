@@ -80,11 +80,12 @@ pub fn invalid_argument(violations: Violations) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
-/// RESOURCE_EXHAUSTED for a call beyond the limit of calls served at once.
+/// RESOURCE_EXHAUSTED for a call refused at one of the server's limits:
+/// calls served at once, or API keys being looked up at once.
 pub fn overloaded() -> Status {
     status(
         Code::ResourceExhausted,
-        "the server is at its limit of concurrent calls; retry with backoff",
+        "the server is at a limit of work in progress; retry with backoff",
         "OVERLOADED",
     )
 }
